@@ -1,0 +1,254 @@
+"""The `ragrail` command: run the local stack, ingest files, ask questions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from ragrail.common.errors import RagrailError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+log = logging.getLogger("ragrail")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RagrailError as exc:
+        print(f"ragrail: {exc.message}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"ragrail: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragrail", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start Ray, the four services and the gateway; Ctrl-C stops all")
+    up.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
+    up.add_argument("--no-sample", action="store_true", help="do not ingest the sample corpus")
+    up.set_defaults(func=_cmd_up)
+
+    gw = sub.add_parser("gateway", help="run only the gateway, against a running Serve (Kubernetes)")
+    gw.add_argument("--config", type=Path)
+    gw.set_defaults(func=_cmd_gateway)
+
+    prep = sub.add_parser("prepare-models", help="convert packaged model weights once (idempotent)")
+    prep.add_argument("--config", type=Path)
+    prep.set_defaults(func=_cmd_prepare)
+
+    ingest = sub.add_parser("ingest", help="add .txt, .md and .html files (or folders of them)")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    _client_args(ingest, timeout=600)
+    ingest.set_defaults(func=_cmd_ingest)
+
+    ask = sub.add_parser("ask", help="ask a question through a pipeline")
+    ask.add_argument("query")
+    ask.add_argument("--pipeline", default="rag", help='"name" or "name@version" (default: rag)')
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    _client_args(ask, timeout=60)
+    ask.set_defaults(func=_cmd_ask)
+
+    pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
+    _client_args(pipelines, timeout=10)
+    pipelines.set_defaults(func=_cmd_pipelines)
+    return parser
+
+
+def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
+    p.add_argument("--address", default=os.environ.get("RAGRAIL_ADDRESS", DEFAULT_ADDRESS))
+    p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
+
+
+# -- server side --------------------------------------------------------------
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from ragrail.common.config import load_settings
+    from ragrail.common.models import prepare_builtin_models
+
+    settings = load_settings(args.config)
+    for path in prepare_builtin_models(settings.models_path):
+        print(f"ready: {path}")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from ragrail.common.config import load_settings
+    from ragrail.common.models import prepare_builtin_models
+    from ragrail.stack import LocalStack
+
+    started = time.monotonic()
+    settings = load_settings(args.config)
+    prepare_builtin_models(settings.models_path)
+    stack = LocalStack(settings)
+    log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
+    try:
+        stack.start()
+        log.info("services running on Serve's gRPC proxy %s:%d", settings.serve.host, settings.serve.grpc_port)
+        return asyncio.run(_serve_gateway(settings, started, ingest_sample=not args.no_sample))
+    finally:
+        log.info("stopping Ray")
+        stack.stop()
+        log.info("stopped")
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from ragrail.common.config import load_settings
+
+    return asyncio.run(_serve_gateway(load_settings(args.config), time.monotonic(), ingest_sample=False))
+
+
+async def _serve_gateway(settings: object, started: float, *, ingest_sample: bool) -> int:
+    from ragrail.common.config import Settings
+    from ragrail.gateway.server import start_gateway
+
+    assert isinstance(settings, Settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = await start_gateway(settings)
+    try:
+        if ingest_sample:
+            await _ingest_sample_if_empty(gateway, settings)
+        metrics = f", metrics http://{settings.gateway.host}:{gateway.metrics_port}/metrics" if gateway.metrics_port else ""
+        print(
+            f"ragrail ready: gateway on {settings.gateway.host}:{gateway.port}{metrics} "
+            f"({time.monotonic() - started:.1f} s). Ctrl-C to stop.",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await gateway.stop()
+    return 0
+
+
+async def _ingest_sample_if_empty(gateway: object, settings: object) -> None:
+    from importlib import resources
+
+    from ragrail.cli.loaders import collect_files, load_document
+    from ragrail.common.deadline import Deadline
+    from ragrail.gateway.ingestion import IngestDocument
+
+    servicer = gateway.servicer  # type: ignore[attr-defined]
+    count = await servicer.ingestor.backends.retrieval.count(settings.gateway.collection, 30.0)  # type: ignore[attr-defined]
+    if count:
+        log.info("collection has %d chunks; skipping the sample corpus", count)
+        return
+    with resources.as_file(resources.files("ragrail.data").joinpath("sample_corpus")) as folder:
+        docs = [load_document(p) for p in collect_files([folder])]
+    outcomes = await servicer.ingestor.ingest(
+        [IngestDocument(d.document_id, d.text, "sample:" + d.document_id) for d in docs], Deadline(600)
+    )
+    stored = sum(o.chunks_stored for o in outcomes)
+    log.info("ingested the sample corpus: %d documents, %d chunks", len(outcomes), stored)
+
+
+# -- client side --------------------------------------------------------------
+
+
+def _stub(address: str):  # type: ignore[no-untyped-def]
+    from ragrail.gateway.v1 import gateway_pb2_grpc
+
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    return gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from ragrail.cli.loaders import collect_files, load_document
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    files = collect_files(args.paths)
+    if not files:
+        print("ragrail: no .txt, .md or .html files found", file=sys.stderr)
+        return 2
+    stub = _stub(args.address)
+    total_stored = total_dropped = 0
+    for path in files:
+        doc = load_document(path)
+        request = pb.IngestRequest(
+            documents=[pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)]
+        )
+        response = stub.Ingest(request, timeout=args.timeout)
+        for r in response.documents:
+            dropped = f", {r.chunks_dropped} dropped by moderation" if r.chunks_dropped else ""
+            print(f"{r.document_id}: {r.chunks_stored} chunks stored{dropped}")
+            total_stored += r.chunks_stored
+            total_dropped += r.chunks_dropped
+    print(f"ingested {len(files)} file(s): {total_stored} chunks stored, {total_dropped} dropped")
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    stub = _stub(args.address)
+    if args.stream:
+        final = None
+        for event in stub.RunStream(pb.RunStreamRequest(pipeline=args.pipeline, query=args.query), timeout=args.timeout):
+            if event.HasField("final"):
+                final = event.final
+            else:
+                print(event.delta, end="", flush=True)
+        print()
+        if final is None:
+            return 1
+        if final.fallback:  # the stream is replaced by the canned answer
+            print(f"[replaced] {final.answer}")
+        _print_details(final)
+        return 0
+    response = stub.Run(pb.RunRequest(pipeline=args.pipeline, query=args.query), timeout=args.timeout)
+    print(response.answer)
+    _print_details(response)
+    return 0
+
+
+def _print_details(response: object) -> None:
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    r = response
+    assert isinstance(r, pb.RunResponse)
+    print()
+    for i, c in enumerate(r.citations, 1):
+        snippet = " ".join(c.text.split())[:100]
+        print(f"  [{i}] {c.document_id} #{c.chunk_index} (score {c.score:.3f}): {snippet}…")
+    reason = pb.FallbackReason.Name(r.fallback_reason).removeprefix("FALLBACK_REASON_").lower()
+    fallback = f"yes ({reason})" if r.fallback else "no"
+    total_ms = sum(t.duration_ms for t in r.timings)
+    print(f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms  request: {r.request_id}")
+
+
+def _cmd_pipelines(args: argparse.Namespace) -> int:
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    response = _stub(args.address).ListPipelines(pb.ListPipelinesRequest(), timeout=args.timeout)
+    for p in response.pipelines:
+        default = " (default)" if p.is_default else ""
+        print(f"{p.name}@{p.version}{default}: {p.description}  [{' -> '.join(p.stages)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

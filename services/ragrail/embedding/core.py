@@ -1,0 +1,92 @@
+"""Sentence embeddings with a transformers encoder: mean pooling + L2 norm.
+
+This is how sentence-transformers computes all-MiniLM-L6-v2's vectors; doing it
+with plain ``AutoModel`` keeps one loading path for any encoder in config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from ragrail.common.errors import require
+
+if TYPE_CHECKING:
+    from ragrail.common.config import EmbeddingSettings
+
+
+@dataclass(frozen=True)
+class EmbeddedText:
+    vector: list[float]
+    truncated: bool
+    token_count: int
+
+
+class TextEmbedder:
+    """Embeds batches of texts; bounded in batch size and text length."""
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        name: str,
+        device: str = "cpu",
+        max_batch_size: int = 64,
+        max_text_chars: int = 8192,
+        max_tokens: int = 256,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.max_text_chars = max_text_chars
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.model = AutoModel.from_pretrained(location).to(device).eval()
+        self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
+        self.dimension: int = int(self.model.config.hidden_size)
+
+    def validate(self, texts: list[str]) -> None:
+        require(len(texts) > 0, "texts must not be empty")
+        require(
+            len(texts) <= self.max_batch_size,
+            f"at most {self.max_batch_size} texts per call, got {len(texts)}",
+        )
+        for i, text in enumerate(texts):
+            require(bool(text.strip()), f"texts[{i}] is empty")
+            require(
+                len(text) <= self.max_text_chars,
+                f"texts[{i}] has {len(text)} characters; the limit is {self.max_text_chars}",
+            )
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> list[EmbeddedText]:
+        self.validate(texts)
+        full_lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu()
+        used = batch["attention_mask"].sum(dim=1).tolist()
+        return [
+            EmbeddedText(vector=vec.tolist(), truncated=full > self.max_tokens, token_count=int(n))
+            for vec, full, n in zip(vectors, full_lengths, used, strict=True)
+        ]
+
+
+def build_embedder(settings: "EmbeddingSettings", models_dir: Path) -> TextEmbedder:
+    from ragrail.common.models import pick_device, resolve_model
+
+    return TextEmbedder(
+        resolve_model(settings.model, models_dir),
+        name=settings.model,
+        device=pick_device(settings.device),
+        max_batch_size=settings.max_batch_size,
+        max_text_chars=settings.max_text_chars,
+        max_tokens=settings.max_tokens,
+    )

@@ -1,0 +1,30 @@
+"""gRPC face of the embedding service: converts protos, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ragrail.common.grpc_errors import grpc_method
+from ragrail.embedding.core import TextEmbedder
+from ragrail.embedding.v1 import embedding_pb2 as pb
+from ragrail.embedding.v1 import embedding_pb2_grpc
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(self, embedder: TextEmbedder) -> None:
+        self._embedder = embedder
+
+    @grpc_method(pb.EmbedResponse)
+    async def Embed(self, request: pb.EmbedRequest, grpc_context: Any = None) -> pb.EmbedResponse:
+        texts = list(request.texts)
+        self._embedder.validate(texts)  # fail fast, before queueing for a thread
+        embedded = await asyncio.to_thread(self._embedder.embed, texts)
+        return pb.EmbedResponse(
+            embeddings=[
+                pb.Embedding(values=e.vector, truncated=e.truncated, token_count=e.token_count)
+                for e in embedded
+            ],
+            model=self._embedder.name,
+            dimension=self._embedder.dimension,
+        )

@@ -1,0 +1,84 @@
+"""What the gateway needs from the model services, as plain Python.
+
+The pipeline engine depends on these protocols only; ``clients.py`` implements
+them over gRPC, and unit tests implement them with fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ModerationOutcome:
+    flagged: bool
+    categories: tuple[str, ...] = ()  # e.g. ("toxicity",)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk."""
+
+    document_id: str
+    text: str
+    score: float
+    chunk_index: int = 0
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str  # system | user | assistant
+    content: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    vector: list[float]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class ModerationBackend(Protocol):
+    async def moderate(
+        self, texts: Sequence[str], categories: Sequence[str], timeout: float
+    ) -> list[ModerationOutcome]: ...
+
+
+class EmbeddingBackend(Protocol):
+    async def embed(self, texts: Sequence[str], timeout: float) -> list[list[float]]: ...
+
+
+class RetrievalBackend(Protocol):
+    async def ensure_collection(self, collection: str, dimension: int, timeout: float) -> bool: ...
+
+    async def count(self, collection: str, timeout: float) -> int: ...
+
+    async def search(
+        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
+    ) -> list[Passage]: ...
+
+    async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int: ...
+
+    async def delete_stale_chunks(
+        self, collection: str, document_id: str, keep_below: int, timeout: float
+    ) -> None: ...
+
+
+class GenerationBackend(Protocol):
+    async def generate(
+        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+    ) -> str: ...
+
+    def generate_stream(
+        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+    ) -> AsyncIterator[str]: ...
+
+
+@dataclass(frozen=True)
+class Backends:
+    moderation: ModerationBackend
+    embedding: EmbeddingBackend
+    retrieval: RetrievalBackend
+    generation: GenerationBackend

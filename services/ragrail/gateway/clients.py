@@ -1,0 +1,229 @@
+"""The gateway's backends over gRPC, through Ray Serve's gRPC proxy.
+
+Serve routes a call to an application by the ``application`` metadata key.
+Every call carries the caller's remaining time as its deadline, so a slow
+service cannot outlive the request that needed it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from ragrail.common.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    RagrailError,
+    ResourceExhausted,
+    Unavailable,
+)
+from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from ragrail.gateway.backends import Backends, ChatTurn, ModerationOutcome, Passage, StoredChunk
+from ragrail.generation.v1 import generation_pb2, generation_pb2_grpc
+from ragrail.moderation.v1 import moderation_pb2, moderation_pb2_grpc
+from ragrail.retrieval.servicer import dict_to_struct, struct_to_dict
+from ragrail.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+# Set per request by the gateway servicer; forwarded so Serve's logs carry it.
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+_CATEGORIES = {
+    "toxicity": moderation_pb2.CATEGORY_TOXICITY,
+    "prompt_injection": moderation_pb2.CATEGORY_PROMPT_INJECTION,
+}
+_CATEGORY_NAMES = {v: k for k, v in _CATEGORIES.items()}
+_ROLES = {
+    "system": generation_pb2.ROLE_SYSTEM,
+    "user": generation_pb2.ROLE_USER,
+    "assistant": generation_pb2.ROLE_ASSISTANT,
+}
+
+
+def _metadata(application: str) -> tuple[tuple[str, str], ...]:
+    request_id = current_request_id.get()
+    pairs = [("application", application)]
+    if request_id:
+        pairs.append(("request_id", request_id))
+    return tuple(pairs)
+
+
+def map_rpc_error(service: str, error: grpc.aio.AioRpcError) -> RagrailError:
+    """A backend's failure, as the gateway's caller should see it (one line, no traceback)."""
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"deadline exceeded waiting for the {service} service")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(f"{service}: {error.details()}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(f"the {service} service is overloaded; retry later")
+    return Unavailable(f"the {service} service is unavailable ({code.name})")
+
+
+class _Client:
+    application = ""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+
+    async def _call(self, method: object, request: object, timeout: float) -> object:
+        try:
+            return await method(request, timeout=timeout, metadata=_metadata(self.application))  # type: ignore[operator]
+        except grpc.aio.AioRpcError as error:
+            raise map_rpc_error(self.application, error) from None
+
+
+class ModerationClient(_Client):
+    application = "moderation"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.stub = moderation_pb2_grpc.ModerationServiceStub(channel)
+
+    async def moderate(
+        self, texts: Sequence[str], categories: Sequence[str], timeout: float
+    ) -> list[ModerationOutcome]:
+        request = moderation_pb2.ModerateRequest(
+            texts=list(texts), categories=[_CATEGORIES[c] for c in categories]
+        )
+        response = await self._call(self.stub.Moderate, request, timeout)
+        return [
+            ModerationOutcome(r.flagged, tuple(_CATEGORY_NAMES[c] for c in r.flagged_categories))
+            for r in response.results  # type: ignore[attr-defined]
+        ]
+
+
+class EmbeddingClient(_Client):
+    application = "embedding"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+
+    async def embed(self, texts: Sequence[str], timeout: float) -> list[list[float]]:
+        response = await self._call(self.stub.Embed, embedding_pb2.EmbedRequest(texts=list(texts)), timeout)
+        return [list(e.values) for e in response.embeddings]  # type: ignore[attr-defined]
+
+
+class RetrievalClient(_Client):
+    application = "retrieval"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+
+    async def ensure_collection(self, collection: str, dimension: int, timeout: float) -> bool:
+        request = retrieval_pb2.CreateCollectionRequest(
+            collection=collection,
+            dimension=dimension,
+            distance=retrieval_pb2.DISTANCE_COSINE,
+            keyword_index_fields=["document_id"],
+        )
+        response = await self._call(self.stub.CreateCollection, request, timeout)
+        return bool(response.created)  # type: ignore[attr-defined]
+
+    async def count(self, collection: str, timeout: float) -> int:
+        request = retrieval_pb2.DescribeCollectionRequest(collection=collection)
+        response = await self._call(self.stub.DescribeCollection, request, timeout)
+        return int(response.points_count)  # type: ignore[attr-defined]
+
+    async def search(
+        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
+    ) -> list[Passage]:
+        request = retrieval_pb2.SearchRequest(
+            collection=collection,
+            vector=list(vector),
+            top_k=top_k,
+            score_threshold=threshold,
+            payload_fields=["document_id", "text", "chunk_index"],
+        )
+        try:
+            response = await self.stub.Search(request, timeout=timeout, metadata=_metadata(self.application))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return []  # nothing ingested yet: a miss, not an outage
+            raise map_rpc_error(self.application, error) from None
+        passages = []
+        for point in response.points:
+            payload = struct_to_dict(point.payload)
+            passages.append(
+                Passage(
+                    document_id=str(payload.get("document_id", "")),
+                    text=str(payload.get("text", "")),
+                    score=point.score,
+                    chunk_index=int(payload.get("chunk_index", 0)),
+                )
+            )
+        return passages
+
+    async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int:
+        request = retrieval_pb2.UpsertRequest(
+            collection=collection,
+            points=[
+                retrieval_pb2.Point(id=c.id, vector=c.vector, payload=dict_to_struct(c.payload))
+                for c in chunks
+            ],
+        )
+        response = await self._call(self.stub.Upsert, request, timeout)
+        return int(response.upserted)  # type: ignore[attr-defined]
+
+    async def delete_stale_chunks(
+        self, collection: str, document_id: str, keep_below: int, timeout: float
+    ) -> None:
+        request = retrieval_pb2.DeleteRequest(
+            collection=collection,
+            filter=retrieval_pb2.Filter(
+                must=[
+                    retrieval_pb2.Condition(key="document_id", keyword=document_id),
+                    retrieval_pb2.Condition(key="chunk_index", range=retrieval_pb2.Range(gte=keep_below)),
+                ]
+            ),
+        )
+        await self._call(self.stub.Delete, request, timeout)
+
+
+class GenerationClient(_Client):
+    application = "generation"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.stub = generation_pb2_grpc.GenerationServiceStub(channel)
+
+    @staticmethod
+    def _messages(messages: Sequence[ChatTurn]) -> list[generation_pb2.ChatMessage]:
+        return [generation_pb2.ChatMessage(role=_ROLES[m.role], content=m.content) for m in messages]
+
+    async def generate(self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float) -> str:
+        request = generation_pb2.GenerateRequest(
+            messages=self._messages(messages),
+            sampling=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens),
+        )
+        response = await self._call(self.stub.Generate, request, timeout)
+        return str(response.text)  # type: ignore[attr-defined]
+
+    async def generate_stream(
+        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+    ) -> AsyncIterator[str]:
+        request = generation_pb2.GenerateStreamRequest(
+            messages=self._messages(messages),
+            sampling=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens),
+        )
+        call = self.stub.GenerateStream(request, timeout=timeout, metadata=_metadata(self.application))
+        try:
+            async for chunk in call:
+                if chunk.delta:
+                    yield chunk.delta
+        except grpc.aio.AioRpcError as error:
+            raise map_rpc_error(self.application, error) from None
+        finally:
+            call.cancel()  # no-op when finished; stops generation when we stop early
+
+
+def grpc_backends(channel: grpc.aio.Channel) -> Backends:
+    return Backends(
+        moderation=ModerationClient(channel),
+        embedding=EmbeddingClient(channel),
+        retrieval=RetrievalClient(channel),
+        generation=GenerationClient(channel),
+    )

@@ -1,0 +1,143 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FALLBACK_REASON_UNSPECIFIED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_INPUT_FLAGGED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_OUTPUT_FLAGGED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_RETRIEVAL_MISS: _ClassVar[FallbackReason]
+FALLBACK_REASON_UNSPECIFIED: FallbackReason
+FALLBACK_REASON_INPUT_FLAGGED: FallbackReason
+FALLBACK_REASON_OUTPUT_FLAGGED: FallbackReason
+FALLBACK_REASON_RETRIEVAL_MISS: FallbackReason
+
+class RunRequest(_message.Message):
+    __slots__ = ("pipeline", "query", "session_id")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    query: str
+    session_id: str
+    def __init__(self, pipeline: _Optional[str] = ..., query: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class Citation(_message.Message):
+    __slots__ = ("document_id", "text", "score", "chunk_index")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    text: str
+    score: float
+    chunk_index: int
+    def __init__(self, document_id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., chunk_index: _Optional[int] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "duration_ms")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    duration_ms: float
+    def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
+
+class RunResponse(_message.Message):
+    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    answer: str
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    pipeline: str
+    pipeline_version: int
+    fallback: bool
+    fallback_reason: FallbackReason
+    request_id: str
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+
+class RunStreamRequest(_message.Message):
+    __slots__ = ("pipeline", "query", "session_id")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    query: str
+    session_id: str
+    def __init__(self, pipeline: _Optional[str] = ..., query: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class RunStreamResponse(_message.Message):
+    __slots__ = ("delta", "final")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    delta: str
+    final: RunResponse
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[RunResponse, _Mapping]] = ...) -> None: ...
+
+class ListPipelinesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PipelineInfo(_message.Message):
+    __slots__ = ("name", "version", "is_default", "description", "stages")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    is_default: bool
+    description: str
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPipelinesResponse(_message.Message):
+    __slots__ = ("pipelines",)
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("document_id", "text", "source")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    text: str
+    source: str
+    def __init__(self, document_id: _Optional[str] = ..., text: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class DocumentResult(_message.Message):
+    __slots__ = ("document_id", "chunks_stored", "chunks_dropped")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_STORED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    chunks_stored: int
+    chunks_dropped: int
+    def __init__(self, document_id: _Optional[str] = ..., chunks_stored: _Optional[int] = ..., chunks_dropped: _Optional[int] = ...) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
+    def __init__(self, documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,24 @@
+"""Ray Serve wrapper of the generation service: deploys, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from ragrail.common.serving import replica_settings
+from ragrail.generation.core import build_generator
+from ragrail.generation.servicer import GenerationServicer
+
+
+@serve.deployment(name="GenerationService")
+class GenerationDeployment(GenerationServicer):
+    def __init__(self, settings: dict[str, Any]) -> None:
+        s = replica_settings(settings)
+        super().__init__(build_generator(s.generation, s.models_path))
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    options = replica_settings(args).generation.deployment
+    return GenerationDeployment.options(**options).bind(args)

@@ -1,0 +1,90 @@
+"""gRPC face of the generation service: converts protos, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ragrail.common.grpc_errors import grpc_method, grpc_stream_method
+from ragrail.generation.core import FinishReason, Message, Sampling, TextGenerator
+from ragrail.generation.v1 import generation_pb2 as pb
+from ragrail.generation.v1 import generation_pb2_grpc
+
+_ROLES = {
+    pb.ROLE_UNSPECIFIED: "user",
+    pb.ROLE_USER: "user",
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_ASSISTANT: "assistant",
+}
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP_SEQUENCE: pb.FINISH_REASON_STOP_SEQUENCE,
+    FinishReason.CANCELLED: pb.FINISH_REASON_UNSPECIFIED,
+}
+
+
+def messages_from_pb(messages: Any) -> list[Message]:
+    return [Message(_ROLES.get(m.role, "invalid"), m.content) for m in messages]
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
+    return Sampling(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p or 1.0,
+        top_k=s.top_k,
+        repetition_penalty=s.repetition_penalty or 1.0,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+    )
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, generator: TextGenerator) -> None:
+        self._generator = generator
+
+    @grpc_method(pb.GenerateResponse)
+    async def Generate(
+        self, request: pb.GenerateRequest, grpc_context: Any = None
+    ) -> pb.GenerateResponse:
+        messages = messages_from_pb(request.messages)
+        sampling = sampling_from_pb(request.sampling)
+        self._generator.prepare(messages, sampling)  # validate before taking a thread
+        cancel = threading.Event()
+        try:
+            result = await asyncio.to_thread(self._generator.generate, messages, sampling, cancel)
+        finally:
+            cancel.set()  # deadline or client gone: the model stops at its next token
+        return pb.GenerateResponse(
+            text=result.text,
+            finish_reason=_FINISH[result.finish_reason],
+            usage=pb.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+            model=self._generator.name,
+        )
+
+    @grpc_stream_method
+    async def GenerateStream(
+        self, request: pb.GenerateStreamRequest, grpc_context: Any = None
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        cancel = threading.Event()
+        events = self._generator.stream(
+            messages_from_pb(request.messages), sampling_from_pb(request.sampling), cancel
+        )
+        try:
+            while (event := await asyncio.to_thread(next, events, None)) is not None:
+                if event.finish_reason is None:
+                    yield pb.GenerateStreamResponse(delta=event.delta)
+                else:
+                    yield pb.GenerateStreamResponse(
+                        delta=event.delta,
+                        finish_reason=_FINISH[event.finish_reason],
+                        usage=pb.Usage(
+                            prompt_tokens=event.prompt_tokens,
+                            completion_tokens=event.completion_tokens,
+                        ),
+                    )
+        finally:
+            cancel.set()
