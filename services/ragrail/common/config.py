@@ -110,6 +110,7 @@ class GatewaySettings(Strict):
 
 class Settings(Strict):
     data_dir: str = Field("~/.local/share/ragrail", description="state: Qdrant, converted models")
+    models_dir: str | None = Field(None, description="converted models; default DATA_DIR/models")
     serve: ServeSettings = ServeSettings()
     gateway: GatewaySettings = GatewaySettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
@@ -123,7 +124,7 @@ class Settings(Strict):
 
     @property
     def models_path(self) -> Path:
-        return self.data_path / "models"
+        return Path(os.path.expanduser(self.models_dir)) if self.models_dir else self.data_path / "models"
 
     @property
     def qdrant_path(self) -> Path:
@@ -133,7 +134,7 @@ class Settings(Strict):
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Reads the YAML config (the packaged default when path is None).
 
-    ``RAGRAIL_DATA_DIR`` overrides ``data_dir``; keyword overrides are merged
+    ``RAGRAIL_DATA_DIR`` and ``RAGRAIL_MODELS_DIR`` override the config file; keyword overrides are merged
     into the top level (used by the CLI's flags and by tests).
     """
     if path is None:
@@ -145,8 +146,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict):
         raise InvalidArgument(f"{source}: top level must be a mapping")
-    if os.environ.get("RAGRAIL_DATA_DIR"):
-        raw["data_dir"] = os.environ["RAGRAIL_DATA_DIR"]
+    for key in ("data_dir", "models_dir"):
+        if os.environ.get(f"RAGRAIL_{key.upper()}"):
+            raw[key] = os.environ[f"RAGRAIL_{key.upper()}"]
     _deep_merge(raw, overrides)
     try:
         return Settings.model_validate(raw)

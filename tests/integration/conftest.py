@@ -1,0 +1,132 @@
+"""One real stack for the integration tier, started the way a user starts it.
+
+`ragrail up` runs as a subprocess with a private config (free ports, a temp data
+dir, the shared model cache) and is stopped with SIGINT at the end, which also
+checks that Ctrl-C leaves no Ray process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+READY = re.compile(r"ragrail ready: gateway on (\S+):(\d+)")
+LOGS = re.compile(r"logs: (\S+)\)")
+START_TIMEOUT_S = 300
+
+
+@dataclass
+class Stack:
+    gateway_address: str
+    serve_address: str
+    metrics_url: str
+    config_path: Path
+    log_path: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ragrail.cli.main", *args, "--address", self.gateway_address],
+            capture_output=True, text=True, timeout=timeout, env=self.env,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def default_models_dir() -> str:
+    return os.environ.get("RAGRAIL_MODELS_DIR") or os.path.expanduser("~/.local/share/ragrail/models")
+
+
+def write_config(tmp: Path) -> tuple[Path, dict]:
+    config = yaml.safe_load(resources.files("ragrail.config").joinpath("ragrail.yaml").read_text())
+    grpc_port = free_port()
+    config["data_dir"] = str(tmp / "data")
+    config["models_dir"] = default_models_dir()  # conversion happens once per machine
+    config["serve"].update(grpc_port=grpc_port, http_port=free_port())
+    config["gateway"].update(port=free_port(), metrics_port=free_port(), serve_address=f"127.0.0.1:{grpc_port}")
+    path = tmp / "ragrail.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def ray_processes(temp_dir: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if temp_dir in line]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    config_path, config = write_config(tmp)
+    log_path = tmp / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.pop("RAGRAIL_DATA_DIR", None)
+    env.pop("RAGRAIL_MODELS_DIR", None)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ragrail.cli.main", "up", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, text=True,
+        )
+    ready, ray_temp = _wait_ready(proc, log_path)
+    yield Stack(
+        gateway_address=f"{ready.group(1)}:{ready.group(2)}",
+        serve_address=config["gateway"]["serve_address"],
+        metrics_url=f"http://127.0.0.1:{config['gateway']['metrics_port']}/metrics",
+        config_path=config_path,
+        log_path=log_path,
+        env=env,
+    )
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"ragrail up did not stop within 60 s of SIGINT; log:\n{log_path.read_text()[-3000:]}")
+    assert code == 0, f"ragrail up exited with {code}; log:\n{log_path.read_text()[-3000:]}"
+    time.sleep(1)
+    leftovers = ray_processes(ray_temp)
+    assert not leftovers, f"processes left after Ctrl-C: {leftovers}"
+
+
+def _wait_ready(proc: subprocess.Popen[str], log_path: Path) -> tuple[re.Match[str], str]:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        ready = READY.search(text)
+        logs = LOGS.search(text)
+        if ready and logs:
+            return ready, logs.group(1)
+        if proc.poll() is not None:
+            pytest.fail(f"ragrail up exited with {proc.returncode} before ready:\n{text[-4000:]}")
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"ragrail up not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def gateway_channel(stack: Stack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(stack.gateway_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def serve_channel(stack: Stack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(stack.serve_address) as channel:
+        yield channel
