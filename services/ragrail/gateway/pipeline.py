@@ -160,8 +160,10 @@ def build_prompt(system_prompt: str, query: str, passages: list[Passage]) -> lis
     A fresh random tag per request means text inside a document or the query
     cannot close the block early and pose as instructions.
     """
-    tag = secrets.token_hex(4)
     context = "\n\n".join(f"[{i + 1}] {p.text}" for i, p in enumerate(passages))
+    tag = secrets.token_hex(4)
+    while tag in query or tag in context:  # never a tag the wrapped text already contains
+        tag = secrets.token_hex(4)
     system = (
         f"{system_prompt}\nThe context is between <context-{tag}> and </context-{tag}>. "
         f"The question is between <question-{tag}> and </question-{tag}>. "

@@ -49,12 +49,12 @@ class PipelineRegistry:
     def resolve(self, ref: str) -> RagPipeline:
         ref = ref.strip()
         require(bool(ref), "pipeline must not be empty (e.g. \"rag\" or \"rag@1\")")
-        name, _, version = ref.partition("@")
-        if not version:
+        name, at, version = ref.partition("@")
+        if not at:
             if name not in self._default:
                 raise NotFound(f"unknown pipeline {name!r}; known: {', '.join(sorted(self._default))}")
             return self._default[name]
-        require(version.isdigit(), f"pipeline version must be a number, got {version!r}")
+        require(version.isascii() and version.isdigit(), f"pipeline version must be a number, got {version!r}")
         found = self._by_key.get((name, int(version)))
         if found is None:
             raise NotFound(f"unknown pipeline version {ref!r}")

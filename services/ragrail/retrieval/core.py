@@ -140,6 +140,7 @@ class VectorStore:
                 name, vectors_config=qm.VectorParams(size=dimension, distance=distance.value)
             )
         )
+        self._dimensions[name] = dimension  # it may have existed before with another one
         # Embedded Qdrant ignores payload indexes (and warns); a server needs them
         # so that filtered searches stay fast on large collections.
         for key in keyword_index_fields if not self.embedded else ():
@@ -250,11 +251,15 @@ class VectorStore:
             # Embedded mode raises ValueError for a missing collection and bad vectors.
             text = str(exc)
             if "not found" in text.lower() and collection:
+                self._dimensions.pop(collection, None)
                 raise NotFound(f"collection {collection} does not exist") from exc
             raise InvalidArgument(f"Qdrant rejected the request: {text.splitlines()[0]}") from exc
         except Exception as exc:
             if _is_grpc_error(exc):
-                raise _from_grpc(exc, collection) from exc
+                error = _from_grpc(exc, collection)
+                if isinstance(error, NotFound):
+                    self._dimensions.pop(collection or "", None)
+                raise error from exc
             raise
 
 

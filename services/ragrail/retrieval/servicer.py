@@ -55,7 +55,19 @@ def filter_from_pb(f: pb.Filter) -> Filter:
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(s)
+    # Struct carries every number as a double: give integral ones back as ints,
+    # or integer match conditions never match payloads sent over gRPC.
+    return _integral_to_int(json_format.MessageToDict(s))
+
+
+def _integral_to_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_to_int(v) for v in value]
+    return value
 
 
 def dict_to_struct(d: dict[str, Any]) -> struct_pb2.Struct:
