@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test protos check-protos clean
+.PHONY: setup up test protos clean chart chart-check tools bench
 
 setup: $(STAMP)
 
@@ -24,8 +24,23 @@ $(STAMP): pyproject.toml
 up: setup
 	$(VENV)/bin/ragrail up
 
-test: setup
+test: setup tools
 	$(PY) -m pytest
+
+# promtool (Debian's prometheus package) for the alert-rule checks; no-op when present.
+tools:
+	bash scripts/install_tools.sh
+
+# Rewrites the chart's copies of the packaged config, pipeline specs, serve constants and config schema.
+chart: setup
+	$(PY) scripts/sync_chart_config.py
+
+chart-check: setup
+	$(PY) scripts/sync_chart_config.py --check
+
+# Benchmarks print figures measured against a baseline in the same run (by hand, not in CI).
+bench: setup
+	$(PY) benchmarks/gateway_overhead.py
 
 protos: setup
 	$(PY) scripts/gen_protos.py

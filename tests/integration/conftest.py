@@ -34,6 +34,7 @@ class Stack:
     serve_address: str
     metrics_url: str
     config_path: Path
+    pipelines_dir: Path
     log_path: Path
     env: dict[str, str]
 
@@ -54,8 +55,37 @@ def default_models_dir() -> str:
     return os.environ.get("RAGRAIL_MODELS_DIR") or os.path.expanduser("~/.local/share/ragrail/models")
 
 
+# Extra specs that make failures happen on purpose, next to the packaged ones.
+TEST_SPECS = {
+    "slow@1.yaml": {
+        "name": "slow", "version": 1, "kind": "rag",
+        "description": "generation timeout far below what the model needs",
+        "generation": {"timeout_s": 0.05, "max_new_tokens": 64},
+    },
+    "orphan@1.yaml": {
+        "name": "orphan", "version": 1, "kind": "rag",
+        "description": "generation points at a Serve application that does not exist",
+        "services": {"generation": "generation-missing"},
+        "generation": {"timeout_s": 5},
+    },
+}
+
+
+def write_pipelines(tmp: Path) -> Path:
+    folder = tmp / "pipelines"
+    folder.mkdir()
+    for spec in resources.files("ragrail").joinpath("pipelines").iterdir():
+        if spec.name.endswith(".yaml"):
+            (folder / spec.name).write_text(spec.read_text())
+    for name, spec in TEST_SPECS.items():
+        (folder / name).write_text(yaml.safe_dump(spec))
+    return folder
+
+
 def write_config(tmp: Path) -> tuple[Path, dict]:
     config = yaml.safe_load(resources.files("ragrail.config").joinpath("ragrail.yaml").read_text())
+    config["gateway"]["pipelines_dir"] = str(write_pipelines(tmp))
+    config["gateway"]["reload_interval_s"] = 0.5
     grpc_port = free_port()
     config["data_dir"] = str(tmp / "data")
     config["models_dir"] = default_models_dir()  # conversion happens once per machine
@@ -90,6 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         serve_address=config["gateway"]["serve_address"],
         metrics_url=f"http://127.0.0.1:{config['gateway']['metrics_port']}/metrics",
         config_path=config_path,
+        pipelines_dir=Path(config["gateway"]["pipelines_dir"]),
         log_path=log_path,
         env=env,
     )

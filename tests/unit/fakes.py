@@ -3,22 +3,122 @@
 No network, no models: a deterministic bag-of-words embedder, a real (tiny)
 cosine vector store, marker-word moderation and scripted generation. Each fake
 records what it was asked, so tests can assert on calls as well as results.
+
+Every fake also has ``faults`` (a ``Faults``): scripted misbehaviour applied at
+the start of each call, before the fake does its work: hang, fail with
+UNAVAILABLE a number of times and then succeed, raise RESOURCE_EXHAUSTED or
+INVALID_ARGUMENT. ``faults.attempts`` counts every call, failed or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragrail.common.errors import InvalidArgument, NotFound
-from ragrail.gateway.backends import Backends, ChatTurn, ModerationOutcome, Passage, StoredChunk
+from ragrail.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ragrail.gateway.backends import (
+    Backends,
+    ChatTurn,
+    GenerationParams,
+    ModerationOutcome,
+    Passage,
+    StoredChunk,
+)
+from ragrail.gateway.resilience import CircuitBreaker, RetryBudget
+from ragrail.gateway.stages import StageRunner
 
 _WORD = re.compile(r"\w+")
 DIMENSION = 256
+
+
+class _Hang:
+    def __repr__(self) -> str:
+        return "HANG"
+
+
+HANG = _Hang()
+Action = BaseException | _Hang | None
+
+
+class Faults:
+    """Scripted misbehaviour: a queue of one action per call, then ``always``.
+
+    An action is None (behave), HANG (wait until ``release()``: a backend that
+    ignores its timeout) or an exception instance to raise.
+    """
+
+    def __init__(self) -> None:
+        self.queue: deque[Action] = deque()
+        self.always: Action = None
+        self.attempts = 0  # every call, including the failed ones
+        self.hanging = 0  # calls waiting in a hang right now
+        self.cancelled = 0  # hung calls that were cancelled (timeout, abandoned request)
+        self._released = asyncio.Event()
+
+    def hang(self, times: int | None = None) -> Faults:
+        """Hang on the next ``times`` calls, or on every call when None."""
+        return self._script(HANG, times)
+
+    def unavailable(self, times: int | None = None, message: str = "backend is down") -> Faults:
+        """Raise UNAVAILABLE on the next ``times`` calls (then succeed), or always when None."""
+        return self._script(Unavailable(message), times)
+
+    def exhausted(self, times: int | None = None) -> Faults:
+        return self._script(ResourceExhausted("backend queue is full", retry_after_s=1.0), times)
+
+    def invalid(self, times: int | None = None, message: str = "bad request") -> Faults:
+        return self._script(InvalidArgument(message), times)
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.always = None
+
+    def release(self) -> None:
+        """Lets every hung call (and every later HANG) go on."""
+        self._released.set()
+
+    def _script(self, action: Action, times: int | None) -> Faults:
+        if times is None:
+            self.always = action
+        else:
+            self.queue.extend([action] * times)
+        return self
+
+    async def apply(self) -> None:
+        self.attempts += 1
+        action = self.queue.popleft() if self.queue else self.always
+        if action is None:
+            return
+        if isinstance(action, _Hang):
+            self.hanging += 1
+            try:
+                await self._released.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            finally:
+                self.hanging -= 1
+            return
+        raise action
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (for breakers and caches)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -42,11 +142,17 @@ class FakeModeration:
         source = self.DEFAULT_MARKERS if markers is None else markers
         self.markers = {category: tuple(m.lower() for m in words) for category, words in source.items()}
         self.calls: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # (texts, categories)
+        self.faults = Faults()
+
+    def flag(self, text: str, category: str = "toxicity") -> None:
+        """From now on, any text containing ``text`` is flagged for ``category``."""
+        self.markers[category] = (*self.markers.get(category, ()), text.lower())
 
     async def moderate(
         self, texts: Sequence[str], categories: Sequence[str], timeout: float
     ) -> list[ModerationOutcome]:
         assert timeout > 0
+        await self.faults.apply()
         self.calls.append((tuple(texts), tuple(categories)))
         outcomes = []
         for text in texts:
@@ -64,6 +170,7 @@ class FakeEmbedding:
     def __init__(self, dimension: int = DIMENSION) -> None:
         self.dimension = dimension
         self.calls: list[tuple[str, ...]] = []
+        self.faults = Faults()
 
     def vector(self, text: str) -> list[float]:
         values = [0.0] * self.dimension
@@ -75,6 +182,7 @@ class FakeEmbedding:
 
     async def embed(self, texts: Sequence[str], timeout: float) -> list[list[float]]:
         assert timeout > 0
+        await self.faults.apply()
         self.calls.append(tuple(texts))
         return [self.vector(t) for t in texts]
 
@@ -91,6 +199,7 @@ class FakeRetrieval:
     def __init__(self) -> None:
         self.collections: dict[str, _Collection] = {}
         self.searches: list[tuple[str, int, float]] = []  # (collection, top_k, threshold)
+        self.faults = Faults()
 
     def _get(self, collection: str) -> _Collection:
         if collection not in self.collections:
@@ -119,6 +228,7 @@ class FakeRetrieval:
         self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
     ) -> list[Passage]:
         assert timeout > 0
+        await self.faults.apply()
         self.searches.append((collection, top_k, threshold))
         coll = self.collections.get(collection)
         if coll is None:
@@ -162,33 +272,105 @@ class FakeRetrieval:
         return [payload for _, payload in self._get(collection).points.values()]
 
 
-class FakeGeneration:
-    """Returns (or streams, word by word) a scripted answer; records every prompt."""
+@dataclass
+class StreamRecord:
+    """What happened to one ``generate_stream`` call."""
 
-    def __init__(self, answer: str = "A scripted answer.") -> None:
+    scripted: int  # deltas it would have yielded
+    yielded: int = 0
+    finished: bool = False  # yielded everything
+    closed: bool = False  # aclose()d early (GeneratorExit): the consumer stopped
+    cancelled: bool = False  # CancelledError while waiting for the next delta
+    timeout: float = 0.0
+
+
+class FakeGeneration:
+    """Returns (or streams) a scripted answer; records every prompt and its params.
+
+    ``answers`` is consumed one per call before falling back to ``answer``;
+    ``respond`` (messages, params) -> str overrides both. Streams yield
+    ``stream_deltas`` (default: the answer word by word), ``stream_delay_s``
+    apart; ``stream_fail_after`` raises UNAVAILABLE after that many deltas and
+    ``stream_stall_after`` hangs there (until ``faults.release()``).
+    """
+
+    def __init__(
+        self,
+        answer: str = "A scripted answer.",
+        *,
+        answers: Iterable[str] = (),
+        respond: Callable[[list[ChatTurn], GenerationParams], str] | None = None,
+        stream_deltas: Sequence[str] | None = None,
+        stream_delay_s: float = 0.0,
+        stream_fail_after: int | None = None,
+        stream_stall_after: int | None = None,
+    ) -> None:
         self.answer = answer
+        self.answers: deque[str] = deque(answers)
+        self.respond = respond
+        self.stream_deltas = stream_deltas
+        self.stream_delay_s = stream_delay_s
+        self.stream_fail_after = stream_fail_after
+        self.stream_stall_after = stream_stall_after
         self.prompts: list[list[ChatTurn]] = []
-        self.max_new_tokens: list[int] = []
+        self.params: list[GenerationParams] = []
+        self.streams: list[StreamRecord] = []
+        self.faults = Faults()
 
     @property
     def calls(self) -> int:
+        """Calls that got past ``faults`` (``faults.attempts`` counts all)."""
         return len(self.prompts)
 
-    def _record(self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float) -> None:
-        assert timeout > 0
-        self.prompts.append(list(messages))
-        self.max_new_tokens.append(max_new_tokens)
+    @property
+    def max_new_tokens(self) -> list[int]:
+        return [p.max_new_tokens for p in self.params]
 
-    async def generate(self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float) -> str:
-        self._record(messages, max_new_tokens, timeout)
-        return self.answer
+    def _record(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> None:
+        assert timeout > 0
+        assert isinstance(params, GenerationParams), params
+        self.prompts.append(list(messages))
+        self.params.append(params)
+
+    def _next_answer(self, messages: Sequence[ChatTurn], params: GenerationParams) -> str:
+        if self.respond is not None:
+            return self.respond(list(messages), params)
+        return self.answers.popleft() if self.answers else self.answer
+
+    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> str:
+        await self.faults.apply()
+        self._record(messages, params, timeout)
+        return self._next_answer(messages, params)
 
     async def generate_stream(
-        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+        self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
     ) -> AsyncIterator[str]:
-        self._record(messages, max_new_tokens, timeout)
-        for piece in re.findall(r"\S+\s*", self.answer):
-            yield piece
+        deltas = (
+            list(self.stream_deltas)
+            if self.stream_deltas is not None
+            else re.findall(r"\S+\s*", self._next_answer(messages, params))
+        )
+        record = StreamRecord(scripted=len(deltas), timeout=timeout)
+        self.streams.append(record)
+        try:
+            await self.faults.apply()
+            self._record(messages, params, timeout)
+            for index, delta in enumerate(deltas):
+                if index == self.stream_fail_after:
+                    raise Unavailable("generation replica died mid-stream")
+                if index == self.stream_stall_after:
+                    await self.faults._released.wait()
+                if self.stream_delay_s:
+                    await asyncio.sleep(self.stream_delay_s)
+                record.yielded += 1
+                yield delta
+            record.finished = True
+        except GeneratorExit:
+            record.closed = True
+            raise
+        except asyncio.CancelledError:
+            record.cancelled = True
+            raise
 
 
 @dataclass
@@ -219,3 +401,29 @@ class FakeStack:
             for document_id, text in texts.items()
         ]
         await self.retrieval.upsert(collection, chunks, 1.0)
+
+
+async def no_sleep(_seconds: float) -> None:
+    """A backoff that does not wait (still yields to the loop)."""
+    await asyncio.sleep(0)
+
+
+def make_runner(
+    *,
+    failure_threshold: int = 5,
+    cooldown_s: float = 10.0,
+    clock: Callable[[], float] | None = None,
+    budget: RetryBudget | None = None,
+    sleep: Callable[[float], Any] = no_sleep,
+) -> StageRunner:
+    """A StageRunner like the gateway's, with test knobs (fake clock, instant backoff)."""
+    return StageRunner(
+        budget if budget is not None else RetryBudget(0.1),
+        lambda name: CircuitBreaker(
+            name,
+            failure_threshold=failure_threshold,
+            cooldown_s=cooldown_s,
+            **({"clock": clock} if clock is not None else {}),
+        ),
+        sleep=sleep,
+    )

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragrail.common.config import DEFAULT_CONFIG, Settings, load_settings
+from ragrail.common.config import DEFAULT_CONFIG, ResilienceSettings, Settings, load_settings
 from ragrail.common.errors import InvalidArgument
+from ragrail.gateway.specs import load_pipeline_dir
 
 SERVICES = ("embedding", "retrieval", "generation", "moderation")
 CORES = 2
+PACKAGED_PIPELINES = Path(str(resources.files("ragrail").joinpath("pipelines")))
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +38,11 @@ def write(tmp_path: Path, data: dict) -> Path:
 def test_packaged_config_loads() -> None:
     settings = load_settings()
     assert isinstance(settings, Settings)
-    assert "rag" in settings.gateway.pipelines
-    assert settings.gateway.pipelines["rag"].version >= 1
+    assert settings.gateway.pipelines_dir is None
+    assert settings.pipelines_path == PACKAGED_PIPELINES
+    assert settings.gateway.resilience == ResilienceSettings(
+        failure_threshold=5, cooldown_s=10, retry_budget_ratio=0.1
+    )
     assert settings.data_dir == "~/.local/share/ragrail"
     assert settings.models_path == settings.data_path / "models"
     assert not str(settings.data_path).startswith("~")
@@ -63,7 +68,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     [
         ({"bogus_top_level": 1}, "bogus_top_level"),
         ({"gateway": {"prot": 1}}, "gateway.prot"),
-        ({"gateway": {"pipelines": {"rag": {"top_kk": 3}}}}, "gateway.pipelines.rag.top_kk"),
+        ({"gateway": {"resilience": {"cooldwn_s": 3}}}, "gateway.resilience.cooldwn_s"),
+        ({"gateway": {"auth": {"enable": True}}}, "gateway.auth.enable"),
+        # The old inline pipeline settings moved to spec files: the key is now unknown.
+        ({"gateway": {"pipelines": {"rag": {"top_k": 3}}}}, "gateway.pipelines"),
         ({"embedding": {"modle": "x"}}, "embedding.modle"),
     ],
 )
@@ -73,9 +81,29 @@ def test_unknown_key_is_rejected_by_name(tmp_path: Path, patch: dict, key: str) 
     assert str(tmp_path) in caught.value.message
 
 
-def test_invalid_value_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="top_k"):
-        load_settings(write(tmp_path, {"gateway": {"pipelines": {"rag": {"top_k": 0}}}}))
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"gateway": {"resilience": {"failure_threshold": 0}}}, "failure_threshold"),
+        ({"gateway": {"resilience": {"retry_budget_ratio": 1.5}}}, "retry_budget_ratio"),
+        ({"gateway": {"reload_interval_s": 0}}, "reload_interval_s"),
+        ({"gateway": {"port": 70000}}, "port"),
+    ],
+)
+def test_invalid_value_is_rejected(tmp_path: Path, patch: dict, key: str) -> None:
+    with pytest.raises(InvalidArgument, match=key):
+        load_settings(write(tmp_path, patch))
+
+
+def test_pipelines_dir_points_at_a_spec_folder(tmp_path: Path) -> None:
+    settings = load_settings(gateway={"pipelines_dir": str(tmp_path / "specs")})
+    assert settings.pipelines_path == tmp_path / "specs"
+    assert load_settings(gateway={"pipelines_dir": "~/specs"}).pipelines_path == Path("~/specs").expanduser()
+
+
+def test_the_default_pipelines_folder_is_valid() -> None:
+    refs = sorted(s.ref for s in load_pipeline_dir(load_settings().pipelines_path).specs)
+    assert refs == ["rag@1", "rag@2", "summarize_sentiment@1"]
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
@@ -89,7 +117,10 @@ def test_keyword_overrides_merge_deeply() -> None:
     settings = load_settings(gateway={"port": 0}, serve={"grpc_port": 9100})
     assert settings.gateway.port == 0 and settings.serve.grpc_port == 9100
     assert settings.gateway.collection == "documents"  # siblings survive the merge
-    assert "rag" in settings.gateway.pipelines
+    assert settings.gateway.resilience.failure_threshold == 5
+    nested = load_settings(gateway={"resilience": {"cooldown_s": 3}})
+    assert nested.gateway.resilience.cooldown_s == 3
+    assert nested.gateway.resilience.failure_threshold == 5  # nested siblings survive too
 
 
 def test_data_dir_env_overrides_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import InvalidArgument
+from ragrail.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from ragrail.gateway import ingestion
 from ragrail.gateway.chunking import chunk_text
 from ragrail.gateway.ingestion import IngestDocument, Ingestor, IngestOutcome, point_id
@@ -239,3 +239,20 @@ async def test_validation_error_in_a_later_document_writes_nothing(stack: FakeSt
     with pytest.raises(InvalidArgument, match=r"documents\[1\]"):
         await make_ingestor(stack).ingest(documents, Deadline(30.0))
     assert await count(stack) == 0
+
+
+# --- backend failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["moderation", "embedding"])
+async def test_a_backend_failure_before_the_upsert_writes_nothing(stack: FakeStack, backend: str) -> None:
+    getattr(stack, backend).faults.unavailable()
+    with pytest.raises(Unavailable):
+        await ingest(stack, IngestDocument("guide.md", LONG_TEXT))
+    assert await count(stack) == 0
+
+
+async def test_an_expired_deadline_stops_ingestion_before_any_call(stack: FakeStack) -> None:
+    with pytest.raises(DeadlineExceeded):
+        await make_ingestor(stack).ingest([IngestDocument("guide.md", LONG_TEXT)], Deadline(-1.0))
+    assert stack.moderation.faults.attempts == 0 and await count(stack) == 0

@@ -47,10 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Ray, the four services and the gateway; Ctrl-C stops all")
     up.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
     up.add_argument("--no-sample", action="store_true", help="do not ingest the sample corpus")
+    up.add_argument("--pipelines", type=Path, help="folder of pipeline specs (default: the packaged ones)")
     up.set_defaults(func=_cmd_up)
 
     gw = sub.add_parser("gateway", help="run only the gateway, against a running Serve (Kubernetes)")
     gw.add_argument("--config", type=Path)
+    gw.add_argument("--pipelines", type=Path, help="folder of pipeline specs")
     gw.set_defaults(func=_cmd_gateway)
 
     prep = sub.add_parser("prepare-models", help="convert packaged model weights once (idempotent)")
@@ -72,12 +74,39 @@ def _parser() -> argparse.ArgumentParser:
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
     _client_args(pipelines, timeout=10)
     pipelines.set_defaults(func=_cmd_pipelines)
+
+    status = sub.add_parser("status", help="pipelines, traffic splits, circuit breakers, services")
+    _client_args(status, timeout=10)
+    status.set_defaults(func=_cmd_status)
+
+    feedback = sub.add_parser("feedback", help="rate an answer by its request id (1 bad .. 5 good)")
+    feedback.add_argument("request_id")
+    feedback.add_argument("rating", type=int, choices=range(1, 6))
+    feedback.add_argument("comment", nargs="?", default="")
+    _client_args(feedback, timeout=10)
+    feedback.set_defaults(func=_cmd_feedback)
+
+    keys = sub.add_parser("new-key", help="print a new API key and the keys-file entry holding its hash")
+    keys.add_argument("name")
+    keys.add_argument("--pipelines", default="*", help="comma-separated pipeline names, or * for all")
+    keys.add_argument("--rate", type=float, default=5.0, help="requests per second (token bucket)")
+    keys.add_argument("--burst", type=int, default=10)
+    keys.set_defaults(func=_cmd_new_key)
     return parser
 
 
 def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
     p.add_argument("--address", default=os.environ.get("RAGRAIL_ADDRESS", DEFAULT_ADDRESS))
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
+    p.add_argument("--api-key", default=os.environ.get("RAGRAIL_API_KEY", ""), help="or RAGRAIL_API_KEY")
+    p.add_argument("--ca-file", type=Path, help="use TLS, trusting this CA (PEM)")
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ragrail.common.config import load_settings
+
+    overrides = {"gateway": {"pipelines_dir": str(args.pipelines)}} if getattr(args, "pipelines", None) else {}
+    return load_settings(args.config, **overrides)
 
 
 # -- server side --------------------------------------------------------------
@@ -94,19 +123,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from ragrail.common.config import load_settings
     from ragrail.common.models import prepare_builtin_models
-    from ragrail.stack import LocalStack
+    from ragrail.stack import LocalStack, service_statuses
 
     started = time.monotonic()
-    settings = load_settings(args.config)
+    settings = _settings(args)
     prepare_builtin_models(settings.models_path)
     stack = LocalStack(settings)
     log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
     try:
         stack.start()
         log.info("services running on Serve's gRPC proxy %s:%d", settings.serve.host, settings.serve.grpc_port)
-        return asyncio.run(_serve_gateway(settings, started, ingest_sample=not args.no_sample))
+        return asyncio.run(
+            _serve_gateway(settings, started, ingest_sample=not args.no_sample, statuses=service_statuses)
+        )
     finally:
         log.info("stopping Ray")
         stack.stop()
@@ -114,12 +144,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from ragrail.common.config import load_settings
-
-    return asyncio.run(_serve_gateway(load_settings(args.config), time.monotonic(), ingest_sample=False))
+    return asyncio.run(_serve_gateway(_settings(args), time.monotonic(), ingest_sample=False))
 
 
-async def _serve_gateway(settings: object, started: float, *, ingest_sample: bool) -> int:
+async def _serve_gateway(
+    settings: object, started: float, *, ingest_sample: bool, statuses: object = None
+) -> int:
     from ragrail.common.config import Settings
     from ragrail.gateway.server import start_gateway
 
@@ -128,7 +158,8 @@ async def _serve_gateway(settings: object, started: float, *, ingest_sample: boo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(settings)
+    gateway = await start_gateway(settings, service_statuses=statuses)  # type: ignore[arg-type]
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     try:
         if ingest_sample:
             await _ingest_sample_if_empty(gateway, settings)
@@ -169,11 +200,29 @@ async def _ingest_sample_if_empty(gateway: object, settings: object) -> None:
 # -- client side --------------------------------------------------------------
 
 
-def _stub(address: str):  # type: ignore[no-untyped-def]
-    from ragrail.gateway.v1 import gateway_pb2_grpc
+class _Client:
+    """The gateway stub with this command's API key and deadline on every call."""
 
-    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    return gateway_pb2_grpc.GatewayServiceStub(channel)
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ragrail.gateway.v1 import gateway_pb2_grpc
+
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if args.ca_file:
+            creds = grpc.ssl_channel_credentials(root_certificates=args.ca_file.read_bytes())
+            channel = grpc.secure_channel(args.address, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(args.address, options=options)
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        self.metadata = (("authorization", f"Bearer {args.api_key}"),) if args.api_key else ()
+        self.timeout = args.timeout
+
+    def __getattr__(self, rpc: str):  # type: ignore[no-untyped-def]
+        method = getattr(self.stub, rpc)
+        return lambda request: method(request, timeout=self.timeout, metadata=self.metadata)
+
+
+def _stub(args: argparse.Namespace) -> _Client:
+    return _Client(args)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -184,14 +233,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         print("ragrail: no .txt, .md or .html files found", file=sys.stderr)
         return 2
-    stub = _stub(args.address)
+    stub = _stub(args)
     total_stored = total_dropped = 0
     for path in files:
         doc = load_document(path)
         request = pb.IngestRequest(
             documents=[pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)]
         )
-        response = stub.Ingest(request, timeout=args.timeout)
+        response = stub.Ingest(request)
         for r in response.documents:
             dropped = f", {r.chunks_dropped} dropped by moderation" if r.chunks_dropped else ""
             print(f"{r.document_id}: {r.chunks_stored} chunks stored{dropped}")
@@ -204,10 +253,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
-    stub = _stub(args.address)
+    stub = _stub(args)
     if args.stream:
         final = None
-        for event in stub.RunStream(pb.RunStreamRequest(pipeline=args.pipeline, query=args.query), timeout=args.timeout):
+        for event in stub.RunStream(pb.RunStreamRequest(pipeline=args.pipeline, query=args.query)):
             if event.HasField("final"):
                 final = event.final
             else:
@@ -215,11 +264,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print()
         if final is None:
             return 1
-        if final.fallback:  # the stream is replaced by the canned answer
+        if final.replace_streamed:  # output moderation retracted what was shown
             print(f"[replaced] {final.answer}")
+        elif final.fallback:  # canned before any token was streamed
+            print(final.answer)
         _print_details(final)
         return 0
-    response = stub.Run(pb.RunRequest(pipeline=args.pipeline, query=args.query), timeout=args.timeout)
+    response = stub.Run(pb.RunRequest(pipeline=args.pipeline, query=args.query))
     print(response.answer)
     _print_details(response)
     return 0
@@ -230,6 +281,8 @@ def _print_details(response: object) -> None:
 
     r = response
     assert isinstance(r, pb.RunResponse)
+    for key, value in sorted(r.outputs.items()):
+        print(f"  {key}: {value}")
     print()
     for i, c in enumerate(r.citations, 1):
         snippet = " ".join(c.text.split())[:100]
@@ -237,16 +290,66 @@ def _print_details(response: object) -> None:
     reason = pb.FallbackReason.Name(r.fallback_reason).removeprefix("FALLBACK_REASON_").lower()
     fallback = f"yes ({reason})" if r.fallback else "no"
     total_ms = sum(t.duration_ms for t in r.timings)
-    print(f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms  request: {r.request_id}")
+    cached = "  (cached)" if r.cached else ""
+    print(f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms  request: {r.request_id}{cached}")
 
 
 def _cmd_pipelines(args: argparse.Namespace) -> int:
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
-    response = _stub(args.address).ListPipelines(pb.ListPipelinesRequest(), timeout=args.timeout)
+    response = _stub(args).ListPipelines(pb.ListPipelinesRequest())
     for p in response.pipelines:
         default = " (default)" if p.is_default else ""
         print(f"{p.name}@{p.version}{default}: {p.description}  [{' -> '.join(p.stages)}]")
+    return 0
+
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    r = _stub(args).Status(pb.StatusRequest())
+    print("pipelines:")
+    for p in r.pipelines:
+        print(f"  {p.name}@{p.version}{' (default)' if p.is_default else ''}  [{' -> '.join(p.stages)}]")
+    for route in r.routes:
+        split = ", ".join(f"@{v}: {w}" for v, w in sorted(route.weights.items()))
+        print(f"route {route.name}: {split}")
+    print("circuits:  " + "  ".join(f"{c.service}={c.state}" for c in r.circuits))
+    if r.services:
+        print("services:")
+        for s in r.services:
+            print(f"  {s.name}: {s.status}")
+    if r.last_reload_error:
+        print(f"last pipeline reload rejected: {r.last_reload_error}")
+    healthy = all(c.state == "closed" for c in r.circuits) and all(s.status == "RUNNING" for s in r.services)
+    return 0 if healthy else 3
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    r = _stub(args).Feedback(pb.FeedbackRequest(request_id=args.request_id, rating=args.rating, comment=args.comment))
+    print("recorded" + ("" if r.matched_request else " (request id not known to this gateway)"))
+    return 0
+
+
+def _cmd_new_key(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ragrail.gateway.auth import generate_key, hash_key
+
+    key = generate_key()
+    entry = {
+        "name": args.name,
+        "sha256": hash_key(key),
+        "pipelines": [p.strip() for p in args.pipelines.split(",") if p.strip()],
+        "rate_per_s": args.rate,
+        "burst": args.burst,
+    }
+    print(f"API key (shown once; give it to the caller): {key}")
+    print("add this entry under `keys:` in the gateway's keys file:")
+    print(yaml.safe_dump([entry], sort_keys=False), end="")
     return 0
 
 

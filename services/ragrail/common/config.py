@@ -76,19 +76,21 @@ class ServeSettings(Strict):
     num_cpus: float | None = Field(None, description="CPUs for the local Ray cluster; default all")
 
 
-class RagPipelineSettings(Strict):
-    version: int = Field(1, ge=1)
-    description: str = "Moderate input, embed, retrieve, generate, moderate output."
-    top_k: int = Field(4, ge=1, le=50)
-    score_threshold: float = Field(0.35, ge=-1, le=1, description="cosine; below it = retrieval miss")
-    max_new_tokens: int = Field(160, ge=1)
-    budget_s: float = Field(60.0, gt=0, description="overall deadline when the caller sets none")
-    miss_answer: str = "I don't have information for that."
-    refusal_answer: str = "I can't help with that request."
-    system_prompt: str = (
-        "You are a helpful assistant. Answer the question using only the context. "
-        "Be brief. If the context does not contain the answer, say you don't know."
-    )
+class AuthSettings(Strict):
+    enabled: bool = Field(False, description="require 'authorization: Bearer <key>' (on in the Helm chart)")
+    keys_file: str | None = Field(None, description="YAML of hashed keys (see ragrail.gateway.auth)")
+
+
+class TlsSettings(Strict):
+    cert_file: str | None = Field(None, description="PEM certificate chain; set with key_file to enable TLS")
+    key_file: str | None = None
+    client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS)")
+
+
+class ResilienceSettings(Strict):
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open a service's circuit")
+    cooldown_s: float = Field(10.0, gt=0, description="how long a circuit stays open before one probe")
+    retry_budget_ratio: float = Field(0.1, ge=0, le=1, description="retries may add at most this much load")
 
 
 class GatewaySettings(Strict):
@@ -103,9 +105,15 @@ class GatewaySettings(Strict):
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     chunk_chars: int = Field(800, ge=50)
     chunk_overlap_chars: int = Field(120, ge=0)
-    pipelines: dict[str, RagPipelineSettings] = Field(
-        default_factory=lambda: {"rag": RagPipelineSettings()}
+    pipelines_dir: str | None = Field(None, description="pipeline specs; default: the packaged ones")
+    reload_interval_s: float = Field(2.0, gt=0, description="how often the specs folder is checked")
+    feedback_db: str | None = Field(None, description="SQLite file; default DATA_DIR/feedback.sqlite3")
+    prompt_tag_secret: str | None = Field(
+        None, description="keys the prompt-injection tags; set it (from a Secret) so gateway replicas agree"
     )
+    auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
 
 
 class Settings(Strict):
@@ -125,6 +133,16 @@ class Settings(Strict):
     @property
     def models_path(self) -> Path:
         return Path(os.path.expanduser(self.models_dir)) if self.models_dir else self.data_path / "models"
+
+    @property
+    def pipelines_path(self) -> Path:
+        if self.gateway.pipelines_dir:
+            return Path(os.path.expanduser(self.gateway.pipelines_dir))
+        return Path(str(resources.files("ragrail").joinpath("pipelines")))
+
+    @property
+    def feedback_path(self) -> Path:
+        return Path(os.path.expanduser(self.gateway.feedback_db or self.data_path / "feedback.sqlite3"))
 
     @property
     def qdrant_path(self) -> Path:

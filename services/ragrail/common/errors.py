@@ -18,6 +18,8 @@ class Status(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
@@ -46,7 +48,21 @@ class FailedPrecondition(RagrailError):
 
 
 class ResourceExhausted(RagrailError):
+    """Too much load; ``retry_after_s`` tells the caller when to come back."""
+
     status = Status.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(RagrailError):
+    status = Status.UNAUTHENTICATED
+
+
+class PermissionDenied(RagrailError):
+    status = Status.PERMISSION_DENIED
 
 
 class Unavailable(RagrailError):

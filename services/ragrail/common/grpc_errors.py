@@ -9,6 +9,7 @@ proxy, so this is a decorator on each RPC method rather than an interceptor.
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,10 @@ def _handle(exc: BaseException, context: Any, rpc_name: str) -> None:
     if isinstance(exc, RagrailError):
         context.set_code(GRPC_CODES[exc.status])
         context.set_details(_one_line(exc.message))
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            # Seconds, rounded up: the trailing-metadata twin of HTTP's Retry-After.
+            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(retry_after)))),))
         return
     incident = uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (incident %s)", rpc_name, incident)

@@ -30,6 +30,7 @@ def create_server(
     *,
     max_message_bytes: int = 16 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds (not starts) a server; returns it, the bound port and its health servicer."""
     server = grpc.aio.server(
@@ -46,7 +47,7 @@ def create_server(
         binding.add_to_server(binding.servicer, server)
     names = [b.full_name for b in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
     return server, port, health_servicer

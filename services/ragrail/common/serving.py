@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ragrail.common.config import Settings
 
 
+QDRANT_API_KEY_ENV = "RAGRAIL_QDRANT_API_KEY"
+
+
 def replica_settings(args: dict[str, Any]) -> Settings:
-    """Settings arrive in a replica as a plain dict (what serveConfigV2 args hold too)."""
+    """Settings arrive in a replica as a plain dict (what serveConfigV2 args hold too).
+
+    The Qdrant API key may instead come from the environment (a Kubernetes
+    Secret), so it never sits in the RayService object or a ConfigMap.
+    """
     quiet_libraries()
-    return Settings.model_validate(args)
+    settings = Settings.model_validate(args)
+    key = os.environ.get(QDRANT_API_KEY_ENV)
+    if key and not settings.retrieval.qdrant_api_key:
+        retrieval = settings.retrieval.model_copy(update={"qdrant_api_key": key})
+        settings = settings.model_copy(update={"retrieval": retrieval})
+    return settings
 
 
 def quiet_libraries() -> None:

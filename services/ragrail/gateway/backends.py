@@ -34,6 +34,17 @@ class ChatTurn:
 
 
 @dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings; part of a pipeline version, so answers are reproducible."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StoredChunk:
     id: str
     vector: list[float]
@@ -68,17 +79,22 @@ class RetrievalBackend(Protocol):
 
 class GenerationBackend(Protocol):
     async def generate(
-        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+        self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
     ) -> str: ...
 
     def generate_stream(
-        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+        self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
     ) -> AsyncIterator[str]: ...
 
 
 @dataclass(frozen=True)
 class Backends:
+    """The four services, each with the name its circuit breaker is keyed by."""
+
     moderation: ModerationBackend
     embedding: EmbeddingBackend
     retrieval: RetrievalBackend
     generation: GenerationBackend
+    names: dict[str, str] = field(
+        default_factory=lambda: {s: s for s in ("moderation", "embedding", "retrieval", "generation")}
+    )

@@ -20,7 +20,14 @@ from ragrail.common.errors import (
     Unavailable,
 )
 from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from ragrail.gateway.backends import Backends, ChatTurn, ModerationOutcome, Passage, StoredChunk
+from ragrail.gateway.backends import (
+    Backends,
+    ChatTurn,
+    GenerationParams,
+    ModerationOutcome,
+    Passage,
+    StoredChunk,
+)
 from ragrail.generation.v1 import generation_pb2, generation_pb2_grpc
 from ragrail.moderation.v1 import moderation_pb2, moderation_pb2_grpc
 from ragrail.retrieval.servicer import dict_to_struct, struct_to_dict
@@ -62,10 +69,12 @@ def map_rpc_error(service: str, error: grpc.aio.AioRpcError) -> RagrailError:
 
 
 class _Client:
-    application = ""
+    application = ""  # the Serve application; a pipeline spec may point elsewhere
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, application: str | None = None) -> None:
         self.channel = channel
+        if application:
+            self.application = application
 
     async def _call(self, method: object, request: object, timeout: float) -> object:
         try:
@@ -77,8 +86,8 @@ class _Client:
 class ModerationClient(_Client):
     application = "moderation"
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
+    def __init__(self, channel: grpc.aio.Channel, application: str | None = None) -> None:
+        super().__init__(channel, application)
         self.stub = moderation_pb2_grpc.ModerationServiceStub(channel)
 
     async def moderate(
@@ -97,8 +106,8 @@ class ModerationClient(_Client):
 class EmbeddingClient(_Client):
     application = "embedding"
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
+    def __init__(self, channel: grpc.aio.Channel, application: str | None = None) -> None:
+        super().__init__(channel, application)
         self.stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
 
     async def embed(self, texts: Sequence[str], timeout: float) -> list[list[float]]:
@@ -109,8 +118,8 @@ class EmbeddingClient(_Client):
 class RetrievalClient(_Client):
     application = "retrieval"
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
+    def __init__(self, channel: grpc.aio.Channel, application: str | None = None) -> None:
+        super().__init__(channel, application)
         self.stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
 
     async def ensure_collection(self, collection: str, dimension: int, timeout: float) -> bool:
@@ -186,28 +195,34 @@ class RetrievalClient(_Client):
 class GenerationClient(_Client):
     application = "generation"
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        super().__init__(channel)
+    def __init__(self, channel: grpc.aio.Channel, application: str | None = None) -> None:
+        super().__init__(channel, application)
         self.stub = generation_pb2_grpc.GenerationServiceStub(channel)
 
     @staticmethod
     def _messages(messages: Sequence[ChatTurn]) -> list[generation_pb2.ChatMessage]:
         return [generation_pb2.ChatMessage(role=_ROLES[m.role], content=m.content) for m in messages]
 
-    async def generate(self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float) -> str:
-        request = generation_pb2.GenerateRequest(
-            messages=self._messages(messages),
-            sampling=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens),
+    @staticmethod
+    def _sampling(params: GenerationParams) -> generation_pb2.SamplingParams:
+        return generation_pb2.SamplingParams(
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(params.stop),
         )
+
+    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> str:
+        request = generation_pb2.GenerateRequest(messages=self._messages(messages), sampling=self._sampling(params))
         response = await self._call(self.stub.Generate, request, timeout)
         return str(response.text)  # type: ignore[attr-defined]
 
     async def generate_stream(
-        self, messages: Sequence[ChatTurn], max_new_tokens: int, timeout: float
+        self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
     ) -> AsyncIterator[str]:
         request = generation_pb2.GenerateStreamRequest(
-            messages=self._messages(messages),
-            sampling=generation_pb2.SamplingParams(max_new_tokens=max_new_tokens),
+            messages=self._messages(messages), sampling=self._sampling(params)
         )
         call = self.stub.GenerateStream(request, timeout=timeout, metadata=_metadata(self.application))
         try:
@@ -220,10 +235,13 @@ class GenerationClient(_Client):
             call.cancel()  # no-op when finished; stops generation when we stop early
 
 
-def grpc_backends(channel: grpc.aio.Channel) -> Backends:
+def grpc_backends(channel: grpc.aio.Channel, applications: dict[str, str] | None = None) -> Backends:
+    """Clients for the four services; ``applications`` renames Serve apps per service."""
+    apps = {s: s for s in ("moderation", "embedding", "retrieval", "generation")} | (applications or {})
     return Backends(
-        moderation=ModerationClient(channel),
-        embedding=EmbeddingClient(channel),
-        retrieval=RetrievalClient(channel),
-        generation=GenerationClient(channel),
+        moderation=ModerationClient(channel, apps["moderation"]),
+        embedding=EmbeddingClient(channel, apps["embedding"]),
+        retrieval=RetrievalClient(channel, apps["retrieval"]),
+        generation=GenerationClient(channel, apps["generation"]),
+        names=apps,
     )

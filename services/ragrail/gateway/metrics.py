@@ -42,6 +42,49 @@ class GatewayMetrics:
             ["method"],
             registry=self.registry,
         )
+        self.moderation_flags = Counter(
+            "ragrail_gateway_moderation_flags_total",
+            "Texts flagged by moderation, by stage (moderate_input/moderate_output) and category.",
+            ["pipeline", "version", "stage", "category"],
+            registry=self.registry,
+        )
+        self.retrieval_best_score = Histogram(
+            "ragrail_gateway_retrieval_best_score",
+            "Best cosine similarity among retrieved passages of answered requests.",
+            ["pipeline", "version"],
+            buckets=(0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "ragrail_gateway_cache_hits_total",
+            "Answers served from the response cache.",
+            ["pipeline", "version"],
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "ragrail_gateway_circuit_state",
+            "Circuit breaker per service: 0 closed, 1 half-open, 2 open.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "ragrail_gateway_queued_requests",
+            "Requests waiting for an admission slot, per pipeline version.",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.pipeline_reloads = Counter(
+            "ragrail_gateway_pipeline_reloads_total",
+            "Pipeline spec reloads by result (applied or rejected).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "ragrail_gateway_feedback_total",
+            "Feedback ratings received, per pipeline version and rating.",
+            ["pipeline", "version", "rating"],
+            registry=self.registry,
+        )
         self.ingested_chunks = Counter(
             "ragrail_gateway_ingested_chunks_total",
             "Document chunks stored or dropped (flagged by moderation) at ingestion.",

@@ -1,169 +1,402 @@
-"""The RAG pipeline engine: plain Python over injected backends.
+"""Pipeline engines: plain Python over injected backends and a stage runner.
 
-    moderate input -> embed -> retrieve -> (miss? canned answer)
-    -> prompt with per-request tags -> generate -> moderate output
+``rag``: moderate input -> embed -> retrieve -> (miss? canned) -> generate
+with per-request tags -> moderate output.
+``summarize_sentiment``: moderate input -> summarize -> classify the summary
+as one of the spec's labels (invalid output: retry, then canned).
 
-Canned answers are outcomes, not errors: the result says which and why.
+Canned answers are outcomes, not errors: a result says which reason and why.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import hashlib
+import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
-from ragrail.common.config import RagPipelineSettings
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import require
-from ragrail.gateway.backends import Backends, ChatTurn, Passage
+from ragrail.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, require
+from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage
+from ragrail.gateway.cache import TtlCache, normalise
+from ragrail.gateway.specs import GenerationSpec, PipelineSpec, StageSpec
+from ragrail.gateway.stages import (
+    BackendOverloaded,
+    BackendUnavailable,
+    StageFailure,
+    StageRunner,
+    StageTimeout,
+)
 
+T = TypeVar("T")
 INPUT_CATEGORIES = ("toxicity", "prompt_injection")
 OUTPUT_CATEGORIES = ("toxicity",)
-STAGES = ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
 
 
 class FallbackReason(enum.Enum):
     INPUT_FLAGGED = "input_flagged"
     OUTPUT_FLAGGED = "output_flagged"
     RETRIEVAL_MISS = "retrieval_miss"
+    STAGE_TIMEOUT = "stage_timeout"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    OVERLOAD = "overload"
+    INVALID_OUTPUT = "invalid_output"
+
+
+# Outcomes that depend only on the input, so a cached copy stays true.
+CACHEABLE = {None, FallbackReason.INPUT_FLAGGED, FallbackReason.OUTPUT_FLAGGED, FallbackReason.RETRIEVAL_MISS}
 
 
 @dataclass
 class RunResult:
     answer: str
-    citations: list[Passage]
     pipeline: str
     version: int
+    citations: list[Passage] = field(default_factory=list)
     fallback_reason: FallbackReason | None = None
+    failed_stage: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    replace_streamed: bool = False
+    cached: bool = False
+    moderation_flags: list[str] = field(default_factory=list)
 
     @property
     def fallback(self) -> bool:
         return self.fallback_reason is not None
 
 
-@dataclass
-class Prepared:
-    """Everything up to generation: either a canned result or a prompt."""
+class Fallback(Exception):
+    """Ends a run early with a canned answer."""
 
-    result: RunResult
-    messages: list[ChatTurn] = field(default_factory=list)
+    def __init__(self, reason: FallbackReason, stage: str = "", flags: tuple[str, ...] = ()) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+        self.stage = stage
+        self.flags = flags
 
 
-class RagPipeline:
+class Pipeline:
+    """What every kind shares: validation, caching, stage calls, canned answers."""
+
     def __init__(
-        self,
-        name: str,
-        spec: RagPipelineSettings,
-        backends: Backends,
-        *,
-        collection: str,
-        max_query_chars: int,
+        self, spec: PipelineSpec, backends: Backends, runner: StageRunner, tag_key: bytes = b""
     ) -> None:
-        self.name = name
         self.spec = spec
+        self.tag_key = tag_key or secrets.token_bytes(32)
         self.backends = backends
-        self.collection = collection
-        self.max_query_chars = max_query_chars
+        self.runner = runner
+        self.cache: TtlCache[RunResult] = TtlCache(spec.cache.ttl_s, spec.cache.max_entries)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def version(self) -> int:
         return self.spec.version
 
-    def validate(self, query: str) -> str:
-        query = query.strip()
-        require(bool(query), "query must not be empty")
-        require(
-            len(query) <= self.max_query_chars,
-            f"query has {len(query)} characters; the limit is {self.max_query_chars}",
-        )
-        return query
+    @property
+    def stages(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def validate(self, text: str) -> str:
+        text = text.strip()
+        require(bool(text), "query must not be empty")
+        limit = self.spec.max_input_chars
+        require(len(text) <= limit, f"query has {len(text)} characters; the limit is {limit}")
+        return text
 
     async def run(self, query: str, deadline: Deadline) -> RunResult:
-        prepared = await self.prepare(query, deadline)
-        result = prepared.result
-        if result.fallback:
-            return result
-        with _timed(result.timings, "generate"):
-            answer = await self.backends.generation.generate(
-                prepared.messages, self.spec.max_new_tokens, deadline.timeout("generate")
-            )
-        return await self.finish(result, answer, deadline)
+        query = self.validate(query)
+        key = normalise(query)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return replace(cached, cached=True, timings={})
+        result = self._new_result()
+        try:
+            await self._run(query, deadline, result)
+        except Fallback as fb:
+            self._canned(result, fb)
+        except StageFailure as failure:
+            self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
+        if result.fallback_reason in CACHEABLE:
+            self.cache.put(key, result)
+        return result
 
     async def run_stream(self, query: str, deadline: Deadline) -> AsyncIterator[str | RunResult]:
-        """Yields text deltas, then the final RunResult (whose answer may replace them)."""
-        prepared = await self.prepare(query, deadline)
-        result = prepared.result
-        if result.fallback:
-            yield result
+        """Yields text deltas, then the final RunResult. Only ``rag`` streams tokens;
+        other kinds yield their final result alone."""
+        yield await self.run(query, deadline)
+
+    async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------
+
+    def _new_result(self) -> RunResult:
+        return RunResult(answer="", pipeline=self.name, version=self.version)
+
+    async def _stage(
+        self,
+        result: RunResult,
+        stage: str,
+        service: str,
+        spec: StageSpec,
+        fn: Callable[[float], Awaitable[T]],
+        deadline: Deadline,
+        *,
+        idempotent: bool = True,
+    ) -> T:
+        with _timed(result.timings, stage):
+            return await self.runner.call(
+                stage,
+                self.backends.names[service],
+                fn,
+                timeout_s=spec.timeout_s,
+                retries=spec.retries if idempotent else 0,
+                deadline=deadline,
+            )
+
+    async def _moderate(
+        self, result: RunResult, stage: str, text: str, categories: tuple[str, ...], deadline: Deadline
+    ) -> None:
+        [verdict] = await self._stage(
+            result,
+            stage,
+            "moderation",
+            self.spec.moderation,
+            lambda t: self.backends.moderation.moderate([text], categories, t),
+            deadline,
+        )
+        if verdict.flagged:
+            reason = FallbackReason.INPUT_FLAGGED if stage == "moderate_input" else FallbackReason.OUTPUT_FLAGGED
+            raise Fallback(reason, stage, verdict.categories)
+
+    def _canned(self, result: RunResult, fb: Fallback) -> RunResult:
+        result.fallback_reason = fb.reason
+        result.failed_stage = fb.stage
+        result.moderation_flags = list(fb.flags)
+        result.citations = []
+        result.outputs = {}
+        result.answer = getattr(self.spec.fallbacks, fb.reason.value)
+        return result
+
+
+def generation_params(spec: GenerationSpec, stop: tuple[str, ...] = ()) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        stop=stop,
+    )
+
+
+class RagPipeline(Pipeline):
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
+
+    async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
+        messages = await self._prepare(query, deadline, result)
+        answer = await self._stage(
+            result,
+            "generate",
+            "generation",
+            self.spec.generation,
+            lambda t: self.backends.generation.generate(messages, generation_params(self.spec.generation), t),
+            deadline,
+        )
+        await self._finish(answer, deadline, result)
+
+    async def _prepare(self, query: str, deadline: Deadline, result: RunResult) -> list[ChatTurn]:
+        if self.spec.moderation.input:
+            await self._moderate(result, "moderate_input", query, INPUT_CATEGORIES, deadline)
+        [vector] = await self._stage(
+            result, "embed", "embedding", self.spec.embedding,
+            lambda t: self.backends.embedding.embed([query], t), deadline,
+        )
+        r = self.spec.retrieval
+        passages = await self._stage(
+            result, "retrieve", "retrieval", r,
+            lambda t: self.backends.retrieval.search(r.collection, vector, r.top_k, r.score_threshold, t),
+            deadline,
+        )
+        if not passages:
+            raise Fallback(FallbackReason.RETRIEVAL_MISS, "retrieve")
+        result.citations = passages
+        return build_prompt(self.spec.generation.system_prompt, query, passages, self.tag_key)
+
+    async def _finish(self, answer: str, deadline: Deadline, result: RunResult) -> None:
+        answer = answer.strip()
+        if answer and self.spec.moderation.output:
+            await self._moderate(result, "moderate_output", answer, OUTPUT_CATEGORIES, deadline)
+        result.answer = answer
+
+    async def run_stream(self, query: str, deadline: Deadline) -> AsyncIterator[str | RunResult]:
+        """Streams tokens; output moderation runs on windows of the stream.
+
+        A canned answer replaces the stream only before its first token, except
+        when a window is flagged: then the final event says to replace what was
+        shown. A backend failure after the first token ends the stream with an error.
+        """
+        query = self.validate(query)
+        result = self._new_result()
+        try:
+            messages = await self._prepare(query, deadline, result)
+        except Fallback as fb:
+            yield self._canned(result, fb)
+            return
+        except StageFailure as failure:
+            yield self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
             return
         parts: list[str] = []
-        with _timed(result.timings, "generate"):
-            async for delta in self.backends.generation.generate_stream(
-                prepared.messages, self.spec.max_new_tokens, deadline.timeout("generate")
-            ):
+        try:
+            # aclosing: a consumer that stops early closes the backend stream now, not at GC.
+            async with aclosing(self._stream_tokens(messages, deadline, result, parts)) as tokens:
+                async for delta in tokens:
+                    yield delta
+            await self._finish("".join(parts), deadline, result)
+        except Fallback as fb:  # a flagged window, or a failure before the first token
+            self._canned(result, fb)
+            result.replace_streamed = bool(parts)
+        except StageFailure as failure:
+            if parts:
+                raise
+            self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
+        yield result
+
+    async def _stream_tokens(
+        self, messages: list[ChatTurn], deadline: Deadline, result: RunResult, parts: list[str]
+    ) -> AsyncIterator[str]:
+        gen_spec = self.spec.generation
+        window = self.spec.moderation.stream_window_chars
+        backend = self.backends.names["generation"]
+        breaker = self.runner.breaker(backend)
+        # The timeout first: a stream with no time left must not take the half-open probe.
+        first_token_s = self.runner.timeout("generate", gen_spec.timeout_s, deadline)
+        if not breaker.allow():
+            raise BackendUnavailable("generate", f"circuit for {backend} is open")
+        stream = self.backends.generation.generate_stream(
+            messages, generation_params(gen_spec), deadline.timeout("generate")
+        )
+        checked = 0
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(first_token_s):
+                delta = await anext(stream, None)
+            while delta is not None:
                 parts.append(delta)
                 yield delta
-        yield await self.finish(result, "".join(parts), deadline)
+                text = "".join(parts)
+                if self.spec.moderation.output and len(text) - checked >= window:
+                    # Overlap the previous window so a word cut at its edge is still seen.
+                    await self._moderate(
+                        result, "moderate_output", text[max(0, checked - 40) :], OUTPUT_CATEGORIES, deadline
+                    )
+                    checked = len(text)
+                # After the first token only the deadline bounds the stream; a stalled one ends there.
+                async with asyncio.timeout(deadline.timeout("generate")):
+                    delta = await anext(stream, None)
+            breaker.record_success()
+        except (TimeoutError, DeadlineExceeded):
+            breaker.record_failure()
+            raise StageTimeout("generate", "the stream did not finish in time") from None
+        except Unavailable as exc:
+            breaker.record_failure()
+            raise BackendUnavailable("generate", exc.message) from None
+        except ResourceExhausted as exc:
+            breaker.abandon_probe()
+            raise BackendOverloaded("generate", exc.message) from None
+        except BaseException:
+            breaker.abandon_probe()
+            raise
+        finally:
+            await stream.aclose()  # cancels the backend call when we stop early
+            result.timings["generate"] = time.perf_counter() - start
 
-    async def prepare(self, query: str, deadline: Deadline) -> Prepared:
-        query = self.validate(query)
-        result = RunResult(answer="", citations=[], pipeline=self.name, version=self.version)
-        with _timed(result.timings, "moderate_input"):
-            [verdict] = await self.backends.moderation.moderate(
-                [query], INPUT_CATEGORIES, deadline.timeout("moderate_input")
-            )
-        if verdict.flagged:
-            return Prepared(self._canned(result, FallbackReason.INPUT_FLAGGED))
-        with _timed(result.timings, "embed"):
-            [vector] = await self.backends.embedding.embed([query], deadline.timeout("embed"))
-        with _timed(result.timings, "retrieve"):
-            passages = await self.backends.retrieval.search(
-                self.collection,
-                vector,
-                self.spec.top_k,
-                self.spec.score_threshold,
-                deadline.timeout("retrieve"),
-            )
-        if not passages:
-            return Prepared(self._canned(result, FallbackReason.RETRIEVAL_MISS))
-        result.citations = passages
-        return Prepared(result, build_prompt(self.spec.system_prompt, query, passages))
 
-    async def finish(self, result: RunResult, answer: str, deadline: Deadline) -> RunResult:
-        answer = answer.strip()
-        if answer:
-            with _timed(result.timings, "moderate_output"):
-                [verdict] = await self.backends.moderation.moderate(
-                    [answer], OUTPUT_CATEGORIES, deadline.timeout("moderate_output")
-                )
-            if verdict.flagged:
-                return self._canned(result, FallbackReason.OUTPUT_FLAGGED)
-        result.answer = answer
-        return result
+class SummarizeSentimentPipeline(Pipeline):
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("moderate_input", "summarize", "classify")
 
-    def _canned(self, result: RunResult, reason: FallbackReason) -> RunResult:
-        result.fallback_reason = reason
-        result.citations = []
-        result.answer = (
-            self.spec.miss_answer if reason is FallbackReason.RETRIEVAL_MISS else self.spec.refusal_answer
+    async def _run(self, text: str, deadline: Deadline, result: RunResult) -> None:
+        if self.spec.moderation.input:
+            await self._moderate(result, "moderate_input", text, INPUT_CATEGORIES, deadline)
+        gen = self.spec.generation
+        summary = await self._stage(
+            result, "summarize", "generation", gen,
+            lambda t: self.backends.generation.generate(
+                [ChatTurn("system", gen.system_prompt), ChatTurn("user", text)], generation_params(gen), t
+            ),
+            deadline,
         )
-        return result
+        summary = summary.strip()
+        label = await self._classify(summary, deadline, result)
+        result.outputs = {"summary": summary, "sentiment": label}
+        result.answer = label
+
+    async def _classify(self, summary: str, deadline: Deadline, result: RunResult) -> str:
+        spec = self.spec.classify
+        messages = [ChatTurn("system", spec.system_prompt)]
+        for example in spec.examples:
+            messages += [ChatTurn("user", f"Text: {example.text}"), ChatTurn("assistant", example.label)]
+        messages.append(ChatTurn("user", f"Text: {summary or '(empty)'}"))
+        for attempt in range(spec.retries_on_invalid + 1):
+            # A retry must differ from the greedy first try: sample with a fixed seed.
+            params = generation_params(spec)
+            if attempt:
+                params = replace(params, temperature=0.7, seed=(spec.seed or 0) + attempt)
+            raw = await self._stage(
+                result, "classify", "generation", spec,
+                lambda t, p=params: self.backends.generation.generate(messages, p, t), deadline,
+            )
+            label = parse_label(raw, spec.labels)
+            if label is not None:
+                return label
+        raise Fallback(FallbackReason.INVALID_OUTPUT, "classify")
 
 
-def build_prompt(system_prompt: str, query: str, passages: list[Passage]) -> list[ChatTurn]:
+def parse_label(raw: str, labels: tuple[str, ...]) -> str | None:
+    """The label the output names, if it names exactly one ("The text is positive." counts)."""
+    words = {word.strip(".,:;!?\"'()[]*") for word in raw.lower().split()}
+    found = [label for label in labels if label in words]
+    return found[0] if len(found) == 1 else None
+
+
+PIPELINE_KINDS: dict[str, type[Pipeline]] = {
+    "rag": RagPipeline,
+    "summarize_sentiment": SummarizeSentimentPipeline,
+}
+
+
+def build_pipeline(spec: PipelineSpec, backends: Backends, runner: StageRunner, tag_key: bytes = b"") -> Pipeline:
+    return PIPELINE_KINDS[spec.kind](spec, backends, runner, tag_key)
+
+
+def build_prompt(system_prompt: str, query: str, passages: list[Passage], tag_key: bytes) -> list[ChatTurn]:
     """Wraps retrieved text and the question in tags the attacker cannot guess.
 
-    A fresh random tag per request means text inside a document or the query
-    cannot close the block early and pose as instructions.
+    The tag is a keyed hash of the wrapped text: without the gateway's secret
+    key nobody can predict it, so text inside a document or the query cannot
+    close the block early and pose as instructions; yet the same input gives
+    the same prompt, so a pipeline version answers reproducibly.
     """
     context = "\n\n".join(f"[{i + 1}] {p.text}" for i, p in enumerate(passages))
-    tag = secrets.token_hex(4)
+    material = f"{query}\x00{context}".encode()
+    counter = 0
+    tag = _tag(tag_key, material, counter)
     while tag in query or tag in context:  # never a tag the wrapped text already contains
-        tag = secrets.token_hex(4)
+        counter += 1
+        tag = _tag(tag_key, material, counter)
     system = (
         f"{system_prompt}\nThe context is between <context-{tag}> and </context-{tag}>. "
         f"The question is between <question-{tag}> and </question-{tag}>. "
@@ -176,10 +409,14 @@ def build_prompt(system_prompt: str, query: str, passages: list[Passage]) -> lis
     return [ChatTurn("system", system), ChatTurn("user", user)]
 
 
+def _tag(key: bytes, material: bytes, counter: int) -> str:
+    return hmac.new(key, material + counter.to_bytes(4, "big"), hashlib.sha256).hexdigest()[:8]
+
+
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
     finally:
-        timings[stage] = time.perf_counter() - start
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start

@@ -6,8 +6,11 @@ here, that adds ~0.5 ms per call where a Serve-hosted gateway adds ~3 ms.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -15,12 +18,17 @@ from ragrail.common.config import Settings
 from ragrail.common.deadline import Deadline
 from ragrail.common.metrics import serve_metrics
 from ragrail.common.server import ServiceBinding, create_server, mark_not_serving, mark_serving
+from ragrail.gateway.auth import Authenticator
 from ragrail.gateway.backends import Backends
 from ragrail.gateway.clients import grpc_backends
+from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.ingestion import Ingestor
 from ragrail.gateway.metrics import GatewayMetrics
-from ragrail.gateway.pipeline import RagPipeline
-from ragrail.gateway.servicer import GatewayServicer, PipelineRegistry
+from ragrail.gateway.registry import RegistryLoader
+from ragrail.gateway.resilience import CircuitBreaker, CircuitState, RetryBudget
+from ragrail.gateway.servicer import GatewayServicer, GatewayState
+from ragrail.gateway.specs import PipelineSpec
+from ragrail.gateway.stages import StageRunner
 from ragrail.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -29,36 +37,100 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_na
 STARTUP_CALL_TIMEOUT_S = 60.0
 
 
-def build_servicer(settings: Settings, backends: Backends, metrics: GatewayMetrics) -> GatewayServicer:
-    g = settings.gateway
-    pipelines = [
-        RagPipeline(name, spec, backends, collection=g.collection, max_query_chars=g.max_query_chars)
-        for name, spec in g.pipelines.items()
-    ]
-    ingestor = Ingestor(
-        backends,
-        collection=g.collection,
-        chunk_chars=g.chunk_chars,
-        overlap_chars=g.chunk_overlap_chars,
-        max_documents=g.max_documents,
-        max_document_chars=g.max_document_chars,
-    )
-    return GatewayServicer(PipelineRegistry(pipelines), ingestor, metrics)
-
-
 @dataclass
 class RunningGateway:
     server: grpc.aio.Server
     port: int
     metrics_port: int
     servicer: GatewayServicer
+    loader: RegistryLoader
     channel: grpc.aio.Channel
     health: object
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def reload(self) -> bool:
+        """Re-reads the spec folder; False (and the old registry kept) when it is broken."""
+        registry = self.loader.try_reload()
+        metrics = self.servicer.metrics
+        if registry is None:
+            metrics.pipeline_reloads.labels("rejected").inc()
+            return False
+        self.servicer.state.registry = registry
+        metrics.pipeline_reloads.labels("applied").inc()
+        log.info("pipelines reloaded: %s", ", ".join(f"{p.name}@{p.version}" for p in registry.all()))
+        return True
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        for task in self.tasks:
+            task.cancel()
         await mark_not_serving(self.health, [SERVICE_NAME])  # type: ignore[arg-type]
         await self.server.stop(grace_s)
         await self.channel.close()
+        self.servicer.feedback.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    tls = settings.gateway.tls
+    if not (tls.cert_file and tls.key_file):
+        return None
+    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+def build_gateway(
+    settings: Settings,
+    channel: grpc.aio.Channel,
+    backends_for: Callable[[PipelineSpec], Backends] | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> tuple[GatewayServicer, RegistryLoader]:
+    g = settings.gateway
+    metrics = metrics or GatewayMetrics()
+    by_apps: dict[tuple[tuple[str, str], ...], Backends] = {}
+
+    def grpc_backends_for(spec: PipelineSpec) -> Backends:
+        apps = spec.services.model_dump()
+        key = tuple(sorted(apps.items()))
+        if key not in by_apps:
+            by_apps[key] = grpc_backends(channel, apps)
+        return by_apps[key]
+
+    r = g.resilience
+    runner = StageRunner(
+        RetryBudget(r.retry_budget_ratio),
+        lambda name: CircuitBreaker(
+            name,
+            failure_threshold=r.failure_threshold,
+            cooldown_s=r.cooldown_s,
+            on_change=lambda svc, state: metrics.circuit_state.labels(svc).set(int(state)),
+        ),
+    )
+    tag_key = g.prompt_tag_secret.encode() if g.prompt_tag_secret else b""
+    loader = RegistryLoader(settings.pipelines_path, backends_for or grpc_backends_for, runner, tag_key)
+    registry = loader.load()  # a broken folder at startup is fatal: there is nothing to keep
+    for name in ("embedding", "retrieval", "generation", "moderation"):
+        runner.breaker(name)  # every service shows up in status and metrics from the start
+        metrics.circuit_state.labels(name).set(int(CircuitState.CLOSED))
+    default_backends = (backends_for or grpc_backends_for)(PipelineSpec(name="default", version=1, kind="rag"))
+    ingestor = Ingestor(
+        default_backends,
+        collection=g.collection,
+        chunk_chars=g.chunk_chars,
+        overlap_chars=g.chunk_overlap_chars,
+        max_documents=g.max_documents,
+        max_document_chars=g.max_document_chars,
+    )
+    auth = (
+        Authenticator.from_file(g.auth.keys_file, enabled=True)
+        if g.auth.enabled and g.auth.keys_file
+        else Authenticator(None, enabled=g.auth.enabled)
+    )
+    feedback = FeedbackStore(settings.feedback_path)
+    state = GatewayState(registry=registry, runner=runner, last_reload_error=lambda: loader.last_error)
+    return GatewayServicer(state, ingestor, metrics, auth, feedback), loader
 
 
 async def ensure_collection(backends: Backends, collection: str) -> int:
@@ -69,7 +141,23 @@ async def ensure_collection(backends: Backends, collection: str) -> int:
     return await backends.retrieval.count(collection, deadline.timeout("collection"))
 
 
-async def start_gateway(settings: Settings, backends: Backends | None = None) -> RunningGateway:
+async def _watch(gateway: RunningGateway, interval_s: float) -> None:
+    """Picks up spec changes and refreshes queue gauges."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if gateway.loader.changed():
+            gateway.reload()
+        registry = gateway.servicer.state.registry
+        for ref, admission in registry.admissions.items():
+            gateway.servicer.metrics.queued.labels(ref).set(admission.queued)
+
+
+async def start_gateway(
+    settings: Settings,
+    *,
+    backends_for: Callable[[PipelineSpec], Backends] | None = None,
+    service_statuses: Callable[[], dict[str, str]] | None = None,
+) -> RunningGateway:
     """Starts serving; health says SERVING once the collection is ready."""
     g = settings.gateway
     channel = grpc.aio.insecure_channel(
@@ -79,17 +167,22 @@ async def start_gateway(settings: Settings, backends: Backends | None = None) ->
             ("grpc.max_send_message_length", g.max_message_bytes),
         ],
     )
-    backends = backends or grpc_backends(channel)
-    metrics = GatewayMetrics()
-    servicer = build_servicer(settings, backends, metrics)
+    servicer, loader = build_gateway(settings, channel, backends_for)
+    servicer.state.service_statuses = service_statuses
     server, port, health = create_server(
         f"{g.host}:{g.port}",
         [ServiceBinding(servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)],
         max_message_bytes=g.max_message_bytes,
+        credentials=_credentials(settings),
     )
     await mark_not_serving(health, [SERVICE_NAME])
     await server.start()
-    metrics_port = serve_metrics(metrics.registry, g.host, g.metrics_port)
-    await ensure_collection(backends, g.collection)
+    metrics_port = serve_metrics(servicer.metrics.registry, g.host, g.metrics_port)
+    await ensure_collection(servicer.ingestor.backends, g.collection)
     await mark_serving(health, [SERVICE_NAME])
-    return RunningGateway(server, port, metrics_port, servicer, channel, health)
+    gateway = RunningGateway(server, port, metrics_port, servicer, loader, channel, health)
+    gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
+    return gateway
+
+
+__all__ = ["RunningGateway", "build_gateway", "start_gateway"]

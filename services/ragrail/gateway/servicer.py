@@ -1,64 +1,54 @@
-"""gRPC face of the gateway: request ids, deadlines, metrics, proto conversion."""
+"""gRPC face of the gateway: auth, admission, deadlines, metrics, proto conversion."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import NotFound, RagrailError, require
+from ragrail.common.errors import RagrailError
 from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_method
+from ragrail.gateway.auth import Authenticator, Principal
 from ragrail.gateway.clients import current_request_id
+from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.ingestion import IngestDocument, Ingestor
 from ragrail.gateway.metrics import GatewayMetrics
-from ragrail.gateway.pipeline import STAGES, FallbackReason, RagPipeline, RunResult
+from ragrail.gateway.pipeline import FallbackReason, Pipeline, RunResult
+from ragrail.gateway.registry import PipelineRegistry
+from ragrail.gateway.stages import StageRunner
 from ragrail.gateway.v1 import gateway_pb2 as pb
 from ragrail.gateway.v1 import gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_REASONS = {
-    None: pb.FALLBACK_REASON_UNSPECIFIED,
-    FallbackReason.INPUT_FLAGGED: pb.FALLBACK_REASON_INPUT_FLAGGED,
-    FallbackReason.OUTPUT_FLAGGED: pb.FALLBACK_REASON_OUTPUT_FLAGGED,
-    FallbackReason.RETRIEVAL_MISS: pb.FALLBACK_REASON_RETRIEVAL_MISS,
+_REASONS = {None: pb.FALLBACK_REASON_UNSPECIFIED} | {
+    reason: pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.name}") for reason in FallbackReason
 }
 INGEST_BUDGET_S = 600.0
+RECENT_REQUESTS = 10_000  # request id -> pipeline@version, for Feedback
 
 
-class PipelineRegistry:
-    """Pipelines by name and version; a bare name means the default version."""
+@dataclass
+class GatewayState:
+    """What a reload swaps: the registry. Everything else lives for the process."""
 
-    def __init__(self, pipelines: list[RagPipeline]) -> None:
-        self._by_key = {(p.name, p.version): p for p in pipelines}
-        self._default: dict[str, RagPipeline] = {}
-        for p in pipelines:  # the highest version is the default
-            if p.name not in self._default or p.version > self._default[p.name].version:
-                self._default[p.name] = p
+    registry: PipelineRegistry
+    runner: StageRunner
+    last_reload_error: Callable[[], str] = lambda: ""
+    service_statuses: Callable[[], dict[str, str]] | None = None
+    recent: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
 
-    def all(self) -> list[RagPipeline]:
-        return sorted(self._by_key.values(), key=lambda p: (p.name, p.version))
-
-    def is_default(self, pipeline: RagPipeline) -> bool:
-        return self._default.get(pipeline.name) is pipeline
-
-    def resolve(self, ref: str) -> RagPipeline:
-        ref = ref.strip()
-        require(bool(ref), "pipeline must not be empty (e.g. \"rag\" or \"rag@1\")")
-        name, at, version = ref.partition("@")
-        if not at:
-            if name not in self._default:
-                raise NotFound(f"unknown pipeline {name!r}; known: {', '.join(sorted(self._default))}")
-            return self._default[name]
-        require(version.isascii() and version.isdigit(), f"pipeline version must be a number, got {version!r}")
-        found = self._by_key.get((name, int(version)))
-        if found is None:
-            raise NotFound(f"unknown pipeline version {ref!r}")
-        return found
+    def remember(self, request_id: str, result: RunResult) -> None:
+        self.recent[request_id] = (result.pipeline, result.version)
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
 
 
 def result_to_pb(result: RunResult, request_id: str) -> pb.RunResponse:
@@ -74,59 +64,89 @@ def result_to_pb(result: RunResult, request_id: str) -> pb.RunResponse:
         fallback_reason=_REASONS[result.fallback_reason],
         request_id=request_id,
         timings=[pb.StageTiming(stage=s, duration_ms=t * 1000) for s, t in result.timings.items()],
+        outputs=result.outputs,
+        replace_streamed=result.replace_streamed,
+        failed_stage=result.failed_stage,
+        cached=result.cached,
+    )
+
+
+def pipeline_info(registry: PipelineRegistry, p: Pipeline) -> pb.PipelineInfo:
+    return pb.PipelineInfo(
+        name=p.name,
+        version=p.version,
+        is_default=registry.is_default(p),
+        description=p.spec.description,
+        stages=list(p.stages),
     )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, registry: PipelineRegistry, ingestor: Ingestor, metrics: GatewayMetrics) -> None:
-        self.registry = registry
+    def __init__(
+        self,
+        state: GatewayState,
+        ingestor: Ingestor,
+        metrics: GatewayMetrics,
+        auth: Authenticator,
+        feedback: FeedbackStore,
+    ) -> None:
+        self.state = state
         self.ingestor = ingestor
         self.metrics = metrics
+        self.auth = auth
+        self.feedback = feedback
+
+    def _admit(self, grpc_context: Any, ref: str, session_id: str) -> tuple[Pipeline, str, Deadline, Principal]:
+        principal = self.auth.authenticate(_metadata(grpc_context))
+        registry = self.state.registry
+        pipeline = registry.resolve(ref, session_id or principal.name)
+        self.auth.authorize(principal, pipeline.name)
+        self.auth.admit(principal)
+        request_id = _start_request(grpc_context)
+        deadline = Deadline.within(pipeline.spec.budget_s, _time_remaining(grpc_context))
+        return pipeline, request_id, deadline, principal
 
     @grpc_method(pb.RunResponse)
     async def Run(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunResponse:
-        pipeline = self.registry.resolve(request.pipeline)
-        request_id = _start_request(grpc_context)
-        deadline = Deadline.within(pipeline.spec.budget_s, _time_remaining(grpc_context))
-        with self._observe(pipeline, "Run") as record:
-            result = await pipeline.run(request.query, deadline)
-            record(result)
+        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id)
+        with self._observe(pipeline, "Run") as observation:
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+                result = await pipeline.run(request.query, deadline)
+            observation.result = result
+        self.state.remember(request_id, result)
         return result_to_pb(result, request_id)
 
     @grpc_stream_method
     async def RunStream(
         self, request: pb.RunStreamRequest, grpc_context: Any = None
     ) -> AsyncIterator[pb.RunStreamResponse]:
-        pipeline = self.registry.resolve(request.pipeline)
-        request_id = _start_request(grpc_context)
-        deadline = Deadline.within(pipeline.spec.budget_s, _time_remaining(grpc_context))
-        with self._observe(pipeline, "RunStream") as record:
-            async for event in pipeline.run_stream(request.query, deadline):
-                if isinstance(event, str):
-                    yield pb.RunStreamResponse(delta=event)
-                else:
-                    record(event)
-                    yield pb.RunStreamResponse(final=result_to_pb(event, request_id))
+        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id)
+        with self._observe(pipeline, "RunStream") as observation:
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+                # aclosing: a client that goes away closes the pipeline's stream, which
+                # cancels the generation call downstream at once.
+                events = pipeline.run_stream(request.query, deadline)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if isinstance(event, str):
+                            yield pb.RunStreamResponse(delta=event)
+                        else:
+                            observation.result = event
+                            self.state.remember(request_id, event)
+                            yield pb.RunStreamResponse(final=result_to_pb(event, request_id))
 
     @grpc_method(pb.ListPipelinesResponse)
     async def ListPipelines(
         self, request: pb.ListPipelinesRequest, grpc_context: Any = None
     ) -> pb.ListPipelinesResponse:
-        return pb.ListPipelinesResponse(
-            pipelines=[
-                pb.PipelineInfo(
-                    name=p.name,
-                    version=p.version,
-                    is_default=self.registry.is_default(p),
-                    description=p.spec.description,
-                    stages=list(STAGES),
-                )
-                for p in self.registry.all()
-            ]
-        )
+        self.auth.authenticate(_metadata(grpc_context))
+        registry = self.state.registry
+        return pb.ListPipelinesResponse(pipelines=[pipeline_info(registry, p) for p in registry.all()])
 
     @grpc_method(pb.IngestResponse)
     async def Ingest(self, request: pb.IngestRequest, grpc_context: Any = None) -> pb.IngestResponse:
+        principal = self.auth.authenticate(_metadata(grpc_context))
+        self.auth.authorize(principal, "ingest")
         _start_request(grpc_context)
         documents = [IngestDocument(d.document_id, d.text, d.source) for d in request.documents]
         deadline = Deadline.within(INGEST_BUDGET_S, _time_remaining(grpc_context))
@@ -143,26 +163,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ]
         )
 
-    def _observe(self, pipeline: RagPipeline, method: str) -> "_Observation":
+    @grpc_method(pb.FeedbackResponse)
+    async def Feedback(self, request: pb.FeedbackRequest, grpc_context: Any = None) -> pb.FeedbackResponse:
+        self.auth.authenticate(_metadata(grpc_context))
+        known = self.state.recent.get(request.request_id)
+        pipeline, version = known if known else ("", 0)
+        await self.feedback.record_async(request.request_id, pipeline, version, request.rating, request.comment)
+        self.metrics.feedback.labels(pipeline or "unknown", str(version), str(request.rating)).inc()
+        return pb.FeedbackResponse(matched_request=known is not None)
+
+    @grpc_method(pb.StatusResponse)
+    async def Status(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusResponse:
+        self.auth.authenticate(_metadata(grpc_context))
+        registry = self.state.registry
+        services = self.state.service_statuses() if self.state.service_statuses else {}
+        return pb.StatusResponse(
+            pipelines=[pipeline_info(registry, p) for p in registry.all()],
+            routes=[pb.Route(name=n, weights=w) for n, w in sorted(registry.routes.items())],
+            circuits=[
+                pb.CircuitInfo(service=name, state=b.state.name.lower())
+                for name, b in sorted(self.state.runner.breakers.items())
+            ],
+            services=[pb.ServiceInfo(name=n, status=s) for n, s in sorted(services.items())],
+            last_reload_error=self.state.last_reload_error(),
+        )
+
+    def _observe(self, pipeline: Pipeline, method: str) -> _Observation:
         return _Observation(self.metrics, pipeline, method)
 
 
 class _Observation:
     """Counts one request: outcome, code, latency, per-stage timings, fallbacks."""
 
-    def __init__(self, metrics: GatewayMetrics, pipeline: RagPipeline, method: str) -> None:
+    def __init__(self, metrics: GatewayMetrics, pipeline: Pipeline, method: str) -> None:
         self.metrics = metrics
         self.labels = (pipeline.name, str(pipeline.version))
         self.method = method
         self.result: RunResult | None = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> _Observation:
         self.start = time.perf_counter()
         self.metrics.in_flight.labels(self.method).inc()
-        return self._record
-
-    def _record(self, result: RunResult) -> None:
-        self.result = result
+        return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.metrics.in_flight.labels(self.method).dec()
@@ -175,31 +217,40 @@ class _Observation:
             self.metrics.request_duration.labels(*self.labels, "error").observe(elapsed)
             return
         result = self.result
-        outcome = "fallback" if result is not None and result.fallback else "answered"
+        if result is None:  # a stream abandoned before its final event
+            self.metrics.requests.labels(*self.labels, "error", "CANCELLED").inc()
+            return
+        outcome = "fallback" if result.fallback else "answered"
         self.metrics.requests.labels(*self.labels, outcome, "OK").inc()
         self.metrics.request_duration.labels(*self.labels, outcome).observe(elapsed)
-        if result is None:
-            return
         for stage, seconds in result.timings.items():
             self.metrics.stage_duration.labels(*self.labels, stage).observe(seconds)
         if result.fallback_reason is not None:
             self.metrics.fallbacks.labels(*self.labels, result.fallback_reason.value).inc()
+        for category in result.moderation_flags:
+            self.metrics.moderation_flags.labels(*self.labels, result.failed_stage, category).inc()
+        if result.citations:
+            self.metrics.retrieval_best_score.labels(*self.labels).observe(max(c.score for c in result.citations))
+        if result.cached:
+            self.metrics.cache_hits.labels(*self.labels).inc()
 
 
 def _start_request(grpc_context: Any) -> str:
     request_id = _metadata_value(grpc_context, "x-request-id") or uuid.uuid4().hex
     current_request_id.set(request_id)
-    if grpc_context is not None:
-        grpc_context.set_trailing_metadata((("x-request-id", request_id),))
     return request_id
 
 
-def _metadata_value(grpc_context: Any, key: str) -> str | None:
+def _metadata(grpc_context: Any) -> tuple[tuple[str, str], ...]:
     if grpc_context is None:
-        return None
-    for k, v in grpc_context.invocation_metadata() or ():
+        return ()
+    return tuple((k, v) for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str))
+
+
+def _metadata_value(grpc_context: Any, key: str) -> str | None:
+    for k, v in _metadata(grpc_context):
         if k == key:
-            return str(v)[:128]
+            return v[:128]
     return None
 
 

@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ragrail/gateway/v1/gateway.proto\x12\x12ragrail.gateway.v1\"A\n\nRunRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"Q\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\r\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\"\x8f\x02\n\x0bRunResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12/\n\tcitations\x18\x02 \x03(\x0b\x32\x1c.ragrail.gateway.v1.Citation\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\x18\n\x10pipeline_version\x18\x04 \x01(\r\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12;\n\x0f\x66\x61llback_reason\x18\x06 \x01(\x0e\x32\".ragrail.gateway.v1.FallbackReason\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\x07timings\x18\x08 \x03(\x0b\x32\x1f.ragrail.gateway.v1.StageTiming\"G\n\x10RunStreamRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"_\n\x11RunStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x30\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1f.ragrail.gateway.v1.RunResponseH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14ListPipelinesRequest\"f\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06stages\x18\x05 \x03(\t\"L\n\x15ListPipelinesResponse\x12\x33\n\tpipelines\x18\x01 \x03(\x0b\x32 .ragrail.gateway.v1.PipelineInfo\"=\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"@\n\rIngestRequest\x12/\n\tdocuments\x18\x01 \x03(\x0b\x32\x1c.ragrail.gateway.v1.Document\"T\n\x0e\x44ocumentResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rchunks_stored\x18\x02 \x01(\r\x12\x16\n\x0e\x63hunks_dropped\x18\x03 \x01(\r\"G\n\x0eIngestResponse\x12\x35\n\tdocuments\x18\x01 \x03(\x0b\x32\".ragrail.gateway.v1.DocumentResult*\x9c\x01\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x46\x41LLBACK_REASON_INPUT_FLAGGED\x10\x01\x12\"\n\x1e\x46\x41LLBACK_REASON_OUTPUT_FLAGGED\x10\x02\x12\"\n\x1e\x46\x41LLBACK_REASON_RETRIEVAL_MISS\x10\x03\x32\xeb\x02\n\x0eGatewayService\x12\x46\n\x03Run\x12\x1e.ragrail.gateway.v1.RunRequest\x1a\x1f.ragrail.gateway.v1.RunResponse\x12Z\n\tRunStream\x12$.ragrail.gateway.v1.RunStreamRequest\x1a%.ragrail.gateway.v1.RunStreamResponse0\x01\x12\x64\n\rListPipelines\x12(.ragrail.gateway.v1.ListPipelinesRequest\x1a).ragrail.gateway.v1.ListPipelinesResponse\x12O\n\x06Ingest\x12!.ragrail.gateway.v1.IngestRequest\x1a\".ragrail.gateway.v1.IngestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ragrail/gateway/v1/gateway.proto\x12\x12ragrail.gateway.v1\"A\n\nRunRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"Q\n\x08\x43itation\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\r\"1\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\x01\"\xbe\x03\n\x0bRunResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12/\n\tcitations\x18\x02 \x03(\x0b\x32\x1c.ragrail.gateway.v1.Citation\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\x18\n\x10pipeline_version\x18\x04 \x01(\r\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12;\n\x0f\x66\x61llback_reason\x18\x06 \x01(\x0e\x32\".ragrail.gateway.v1.FallbackReason\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x30\n\x07timings\x18\x08 \x03(\x0b\x32\x1f.ragrail.gateway.v1.StageTiming\x12=\n\x07outputs\x18\t \x03(\x0b\x32,.ragrail.gateway.v1.RunResponse.OutputsEntry\x12\x18\n\x10replace_streamed\x18\n \x01(\x08\x12\x14\n\x0c\x66\x61iled_stage\x18\x0b \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x0c \x01(\x08\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x10RunStreamRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"_\n\x11RunStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x30\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1f.ragrail.gateway.v1.RunResponseH\x00\x42\x07\n\x05\x65vent\"\x16\n\x14ListPipelinesRequest\"f\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06stages\x18\x05 \x03(\t\"L\n\x15ListPipelinesResponse\x12\x33\n\tpipelines\x18\x01 \x03(\x0b\x32 .ragrail.gateway.v1.PipelineInfo\"=\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"@\n\rIngestRequest\x12/\n\tdocuments\x18\x01 \x03(\x0b\x32\x1c.ragrail.gateway.v1.Document\"T\n\x0e\x44ocumentResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x15\n\rchunks_stored\x18\x02 \x01(\r\x12\x16\n\x0e\x63hunks_dropped\x18\x03 \x01(\r\"G\n\x0eIngestResponse\x12\x35\n\tdocuments\x18\x01 \x03(\x0b\x32\".ragrail.gateway.v1.DocumentResult\"F\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\r\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"+\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x17\n\x0fmatched_request\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"-\n\x0b\x43ircuitInfo\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"+\n\x0bServiceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"~\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x37\n\x07weights\x18\x02 \x03(\x0b\x32&.ragrail.gateway.v1.Route.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xf1\x01\n\x0eStatusResponse\x12\x33\n\tpipelines\x18\x01 \x03(\x0b\x32 .ragrail.gateway.v1.PipelineInfo\x12)\n\x06routes\x18\x02 \x03(\x0b\x32\x19.ragrail.gateway.v1.Route\x12\x31\n\x08\x63ircuits\x18\x03 \x03(\x0b\x32\x1f.ragrail.gateway.v1.CircuitInfo\x12\x31\n\x08services\x18\x04 \x03(\x0b\x32\x1f.ragrail.gateway.v1.ServiceInfo\x12\x19\n\x11last_reload_error\x18\x05 \x01(\t*\xaa\x02\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x46\x41LLBACK_REASON_INPUT_FLAGGED\x10\x01\x12\"\n\x1e\x46\x41LLBACK_REASON_OUTPUT_FLAGGED\x10\x02\x12\"\n\x1e\x46\x41LLBACK_REASON_RETRIEVAL_MISS\x10\x03\x12!\n\x1d\x46\x41LLBACK_REASON_STAGE_TIMEOUT\x10\x04\x12\'\n#FALLBACK_REASON_BACKEND_UNAVAILABLE\x10\x05\x12\x1c\n\x18\x46\x41LLBACK_REASON_OVERLOAD\x10\x06\x12\"\n\x1e\x46\x41LLBACK_REASON_INVALID_OUTPUT\x10\x07\x32\x93\x04\n\x0eGatewayService\x12\x46\n\x03Run\x12\x1e.ragrail.gateway.v1.RunRequest\x1a\x1f.ragrail.gateway.v1.RunResponse\x12Z\n\tRunStream\x12$.ragrail.gateway.v1.RunStreamRequest\x1a%.ragrail.gateway.v1.RunStreamResponse0\x01\x12\x64\n\rListPipelines\x12(.ragrail.gateway.v1.ListPipelinesRequest\x1a).ragrail.gateway.v1.ListPipelinesResponse\x12O\n\x06Ingest\x12!.ragrail.gateway.v1.IngestRequest\x1a\".ragrail.gateway.v1.IngestResponse\x12U\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12#.ragrail.gateway.v1.FeedbackRequest\x1a$.ragrail.gateway.v1.FeedbackResponse\x12O\n\x06Status\x12!.ragrail.gateway.v1.StatusRequest\x1a\".ragrail.gateway.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragrail.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FALLBACKREASON']._serialized_start=1196
-  _globals['_FALLBACKREASON']._serialized_end=1352
+  _globals['_RUNRESPONSE_OUTPUTSENTRY']._loaded_options = None
+  _globals['_RUNRESPONSE_OUTPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_ROUTE_WEIGHTSENTRY']._loaded_options = None
+  _globals['_ROUTE_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_FALLBACKREASON']._serialized_start=1969
+  _globals['_FALLBACKREASON']._serialized_end=2267
   _globals['_RUNREQUEST']._serialized_start=56
   _globals['_RUNREQUEST']._serialized_end=121
   _globals['_CITATION']._serialized_start=123
@@ -40,25 +44,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGETIMING']._serialized_start=206
   _globals['_STAGETIMING']._serialized_end=255
   _globals['_RUNRESPONSE']._serialized_start=258
-  _globals['_RUNRESPONSE']._serialized_end=529
-  _globals['_RUNSTREAMREQUEST']._serialized_start=531
-  _globals['_RUNSTREAMREQUEST']._serialized_end=602
-  _globals['_RUNSTREAMRESPONSE']._serialized_start=604
-  _globals['_RUNSTREAMRESPONSE']._serialized_end=699
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=701
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=723
-  _globals['_PIPELINEINFO']._serialized_start=725
-  _globals['_PIPELINEINFO']._serialized_end=827
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=829
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=905
-  _globals['_DOCUMENT']._serialized_start=907
-  _globals['_DOCUMENT']._serialized_end=968
-  _globals['_INGESTREQUEST']._serialized_start=970
-  _globals['_INGESTREQUEST']._serialized_end=1034
-  _globals['_DOCUMENTRESULT']._serialized_start=1036
-  _globals['_DOCUMENTRESULT']._serialized_end=1120
-  _globals['_INGESTRESPONSE']._serialized_start=1122
-  _globals['_INGESTRESPONSE']._serialized_end=1193
-  _globals['_GATEWAYSERVICE']._serialized_start=1355
-  _globals['_GATEWAYSERVICE']._serialized_end=1718
+  _globals['_RUNRESPONSE']._serialized_end=704
+  _globals['_RUNRESPONSE_OUTPUTSENTRY']._serialized_start=658
+  _globals['_RUNRESPONSE_OUTPUTSENTRY']._serialized_end=704
+  _globals['_RUNSTREAMREQUEST']._serialized_start=706
+  _globals['_RUNSTREAMREQUEST']._serialized_end=777
+  _globals['_RUNSTREAMRESPONSE']._serialized_start=779
+  _globals['_RUNSTREAMRESPONSE']._serialized_end=874
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=876
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=898
+  _globals['_PIPELINEINFO']._serialized_start=900
+  _globals['_PIPELINEINFO']._serialized_end=1002
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1004
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1080
+  _globals['_DOCUMENT']._serialized_start=1082
+  _globals['_DOCUMENT']._serialized_end=1143
+  _globals['_INGESTREQUEST']._serialized_start=1145
+  _globals['_INGESTREQUEST']._serialized_end=1209
+  _globals['_DOCUMENTRESULT']._serialized_start=1211
+  _globals['_DOCUMENTRESULT']._serialized_end=1295
+  _globals['_INGESTRESPONSE']._serialized_start=1297
+  _globals['_INGESTRESPONSE']._serialized_end=1368
+  _globals['_FEEDBACKREQUEST']._serialized_start=1370
+  _globals['_FEEDBACKREQUEST']._serialized_end=1440
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1442
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1485
+  _globals['_STATUSREQUEST']._serialized_start=1487
+  _globals['_STATUSREQUEST']._serialized_end=1502
+  _globals['_CIRCUITINFO']._serialized_start=1504
+  _globals['_CIRCUITINFO']._serialized_end=1549
+  _globals['_SERVICEINFO']._serialized_start=1551
+  _globals['_SERVICEINFO']._serialized_end=1594
+  _globals['_ROUTE']._serialized_start=1596
+  _globals['_ROUTE']._serialized_end=1722
+  _globals['_ROUTE_WEIGHTSENTRY']._serialized_start=1676
+  _globals['_ROUTE_WEIGHTSENTRY']._serialized_end=1722
+  _globals['_STATUSRESPONSE']._serialized_start=1725
+  _globals['_STATUSRESPONSE']._serialized_end=1966
+  _globals['_GATEWAYSERVICE']._serialized_start=2270
+  _globals['_GATEWAYSERVICE']._serialized_end=2801
 # @@protoc_insertion_point(module_scope)

@@ -13,10 +13,18 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_INPUT_FLAGGED: _ClassVar[FallbackReason]
     FALLBACK_REASON_OUTPUT_FLAGGED: _ClassVar[FallbackReason]
     FALLBACK_REASON_RETRIEVAL_MISS: _ClassVar[FallbackReason]
+    FALLBACK_REASON_STAGE_TIMEOUT: _ClassVar[FallbackReason]
+    FALLBACK_REASON_BACKEND_UNAVAILABLE: _ClassVar[FallbackReason]
+    FALLBACK_REASON_OVERLOAD: _ClassVar[FallbackReason]
+    FALLBACK_REASON_INVALID_OUTPUT: _ClassVar[FallbackReason]
 FALLBACK_REASON_UNSPECIFIED: FallbackReason
 FALLBACK_REASON_INPUT_FLAGGED: FallbackReason
 FALLBACK_REASON_OUTPUT_FLAGGED: FallbackReason
 FALLBACK_REASON_RETRIEVAL_MISS: FallbackReason
+FALLBACK_REASON_STAGE_TIMEOUT: FallbackReason
+FALLBACK_REASON_BACKEND_UNAVAILABLE: FallbackReason
+FALLBACK_REASON_OVERLOAD: FallbackReason
+FALLBACK_REASON_INVALID_OUTPUT: FallbackReason
 
 class RunRequest(_message.Message):
     __slots__ = ("pipeline", "query", "session_id")
@@ -49,7 +57,14 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RunResponse(_message.Message):
-    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings")
+    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings", "outputs", "replace_streamed", "failed_stage", "cached")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +73,10 @@ class RunResponse(_message.Message):
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_STREAMED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     pipeline: str
@@ -66,7 +85,11 @@ class RunResponse(_message.Message):
     fallback_reason: FallbackReason
     request_id: str
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+    outputs: _containers.ScalarMap[str, str]
+    replace_streamed: bool
+    failed_stage: str
+    cached: bool
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, str]] = ..., replace_streamed: _Optional[bool] = ..., failed_stage: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class RunStreamRequest(_message.Message):
     __slots__ = ("pipeline", "query", "session_id")
@@ -141,3 +164,68 @@ class IngestResponse(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[DocumentResult]
     def __init__(self, documents: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "rating", "comment")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    rating: int
+    comment: str
+    def __init__(self, request_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("matched_request",)
+    MATCHED_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    matched_request: bool
+    def __init__(self, matched_request: _Optional[bool] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CircuitInfo(_message.Message):
+    __slots__ = ("service", "state")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    state: str
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("name", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: str
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("name", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weights: _containers.ScalarMap[int, int]
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("pipelines", "routes", "circuits", "services", "last_reload_error")
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    CIRCUITS_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
+    last_reload_error: str
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., last_reload_error: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,16 @@ class GatewayServiceStub:
                 request_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.SerializeToString,
                 response_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/ragrail.gateway.v1.GatewayService/Feedback',
+                request_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/ragrail.gateway.v1.GatewayService/Status',
+                request_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusRequest.SerializeToString,
+                response_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -89,6 +99,20 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Records a rating of an answer, so pipeline versions can be judged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """Reports pipelines, traffic splits, circuit breakers and service status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +135,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.FromString,
                     response_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
+                    response_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusRequest.FromString,
+                    response_serializer=ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +256,60 @@ class GatewayService:
             '/ragrail.gateway.v1.GatewayService/Ingest',
             ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestRequest.SerializeToString,
             ragrail_dot_gateway_dot_v1_dot_gateway__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.gateway.v1.GatewayService/Feedback',
+            ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+            ragrail_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.gateway.v1.GatewayService/Status',
+            ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusRequest.SerializeToString,
+            ragrail_dot_gateway_dot_v1_dot_gateway__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the tools the chart checks need that pip cannot provide: `promtool`
+# (Debian's `prometheus` package), used by tests/chart to check the alert rules.
+# Idempotent: does nothing when promtool is already on PATH. Never fails the
+# build: without root (or without apt) it says what to install and exits 0, and
+# the tests that need promtool are skipped with that reason.
+set -euo pipefail
+
+if command -v promtool >/dev/null 2>&1; then
+    exit 0
+fi
+if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_tools: promtool not found; install Debian's 'prometheus' package" \
+         "(apt-get install --no-install-recommends prometheus) to run the alert-rule checks" >&2
+    exit 0
+fi
+echo "install_tools: installing Debian's prometheus package for promtool" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+# The package's postinst may start a Prometheus server; the checks only need promtool.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl stop prometheus || true
+fi
+command -v promtool >/dev/null 2>&1 || { echo "install_tools: promtool still missing after install" >&2; exit 0; }
+promtool --version 2>&1 | head -1 >&2

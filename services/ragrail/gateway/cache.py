@@ -1,0 +1,42 @@
+"""A small TTL + LRU response cache keyed by (pipeline@version, normalised input)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+def normalise(text: str) -> str:
+    """Case and whitespace do not change a question's answer."""
+    return " ".join(text.lower().split())
+
+
+class TtlCache(Generic[V]):
+    def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if self._clock() >= expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        if self.ttl_s <= 0:
+            return
+        self._items[key] = (self._clock() + self.ttl_s, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)

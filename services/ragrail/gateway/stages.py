@@ -1,0 +1,118 @@
+"""Running one stage call: its timeout inside the deadline, retries, circuit breaking.
+
+A stage call either returns, or raises a ``StageFailure`` that the pipeline
+turns into a labelled canned answer (a timeout, a backend that is down or whose
+circuit is open, an overloaded backend). Caller mistakes (INVALID_ARGUMENT…)
+pass through unchanged: they stay errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ragrail.common.deadline import Deadline
+from ragrail.common.errors import DeadlineExceeded, RagrailError, ResourceExhausted, Unavailable
+from ragrail.gateway.resilience import CircuitBreaker, RetryBudget, backoff_s
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StageFailure(Exception):
+    """A stage could not deliver; ``reason`` names the canned answer to give."""
+
+    reason = ""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(f"{stage}: {detail}")
+        self.stage = stage
+
+
+class StageTimeout(StageFailure):
+    reason = "stage_timeout"
+
+
+class BackendUnavailable(StageFailure):
+    reason = "backend_unavailable"
+
+
+class BackendOverloaded(StageFailure):
+    reason = "overload"
+
+
+class StageRunner:
+    """Shared by all pipelines of a gateway: one breaker per backend application."""
+
+    def __init__(
+        self,
+        retry_budget: RetryBudget,
+        breaker_factory: Callable[[str], CircuitBreaker],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.retry_budget = retry_budget
+        self._breaker_factory = breaker_factory
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._sleep = sleep
+
+    def breaker(self, backend: str) -> CircuitBreaker:
+        if backend not in self.breakers:
+            self.breakers[backend] = self._breaker_factory(backend)
+        return self.breakers[backend]
+
+    def timeout(self, stage: str, stage_timeout_s: float, deadline: Deadline) -> float:
+        """The smaller of the stage's own timeout and what is left of the deadline."""
+        try:
+            return min(stage_timeout_s, deadline.timeout(stage))
+        except DeadlineExceeded:
+            raise StageTimeout(stage, "no time left before the deadline") from None
+
+    async def call(
+        self,
+        stage: str,
+        backend: str,
+        fn: Callable[[float], Awaitable[T]],
+        *,
+        timeout_s: float,
+        retries: int,
+        deadline: Deadline,
+    ) -> T:
+        """Calls ``fn(timeout)``; retries UNAVAILABLE while budget and deadline allow."""
+        breaker = self.breaker(backend)
+        self.retry_budget.deposit()  # every call earns a fraction of a retry
+        attempt = 0
+        while True:
+            # The timeout first: a call with no time left must not take the half-open probe.
+            timeout = self.timeout(stage, timeout_s, deadline)
+            if not breaker.allow():
+                raise BackendUnavailable(stage, f"circuit for {backend} is open")
+            try:
+                async with asyncio.timeout(timeout):  # also bounds a backend that ignores deadlines
+                    result = await fn(timeout)
+            except (TimeoutError, DeadlineExceeded):
+                breaker.record_failure()
+                raise StageTimeout(stage, f"no answer from {backend} within {timeout:.2f} s") from None
+            except ResourceExhausted as exc:
+                breaker.abandon_probe()  # busy, not down: neither healthy nor failed
+                raise BackendOverloaded(stage, exc.message) from None
+            except Unavailable as exc:
+                breaker.record_failure()
+                if attempt < retries and self._may_retry(deadline):
+                    attempt += 1
+                    log.info("retrying %s on %s (attempt %d): %s", stage, backend, attempt + 1, exc.message)
+                    await self._sleep(min(backoff_s(attempt), max(0.0, deadline.remaining())))
+                    continue
+                raise BackendUnavailable(stage, exc.message) from None
+            except RagrailError:
+                breaker.record_success()  # it answered: the caller's input was the problem
+                raise
+            except BaseException:
+                breaker.abandon_probe()  # cancelled: neither healthy nor failed
+                raise
+            breaker.record_success()
+            return result
+
+    def _may_retry(self, deadline: Deadline) -> bool:
+        return deadline.remaining() > 0.05 and self.retry_budget.try_withdraw()

@@ -1,0 +1,59 @@
+"""ragrail.kube: the serveConfigV2 mapping the chart implements (tests/chart/test_render.py
+checks the chart's rendering equals it)."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+
+from ragrail.common.config import Settings, load_settings
+from ragrail.kube import DEPLOYMENT_NAMES, config_mapping, serve_config_v2
+from ragrail.stack import REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES
+
+
+def test_deployment_names_are_the_serve_deployment_names() -> None:
+    for service in SERVICES:
+        source = resources.files("ragrail").joinpath(service, "deployment.py").read_text()
+        assert re.findall(r'@serve\.deployment\(name="([^"]+)"', source) == [DEPLOYMENT_NAMES[service]]
+
+
+def test_packaged_config_maps_to_a_valid_serve_config() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    settings = load_settings(None)
+    config = serve_config_v2(settings)
+    ServeDeploySchema.model_validate(config)
+    assert config["grpc_options"] == {
+        "port": 9000, "grpc_servicer_functions": SERVICER_FUNCTIONS, "request_timeout_s": 120.0,
+    }
+    assert config["proxy_location"] == "EveryNode" and config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    for service, app in zip(SERVICES, config["applications"], strict=True):
+        assert app["name"] == service and app["route_prefix"] == f"/{service}"
+        assert app["import_path"] == f"ragrail.{service}.deployment:build_app"
+        assert app["runtime_env"] == {"env_vars": REPLICA_ENV}
+        assert app["args"] == config_mapping(settings)
+        [deployment] = app["deployments"]
+        assert deployment == {"name": DEPLOYMENT_NAMES[service], **getattr(settings, service).deployment}
+
+
+def test_args_are_the_config_as_written_and_load_back_the_same() -> None:
+    assert config_mapping(Settings()) == {}
+    settings = Settings.model_validate({"gateway": {"port": 6000}, "retrieval": {"qdrant_url": "http://q:6334"}})
+    args = config_mapping(settings)
+    assert args == {"gateway": {"port": 6000}, "retrieval": {"qdrant_url": "http://q:6334"}}
+    assert Settings.model_validate(args) == settings  # what a replica rebuilds from args
+
+
+def test_extra_env_is_added_over_replica_env() -> None:
+    config = serve_config_v2(Settings(), extra_env={"HF_HUB_OFFLINE": "0", "HF_HOME": "/models/hf"})
+    env = config["applications"][0]["runtime_env"]["env_vars"]
+    assert env == {**REPLICA_ENV, "HF_HUB_OFFLINE": "0", "HF_HOME": "/models/hf"}
+
+
+@pytest.mark.parametrize("key", ["num_replica", "name"])
+def test_deployment_keys_serve_does_not_take_are_rejected(key: str) -> None:
+    settings = Settings.model_validate({"generation": {"deployment": {key: 2}}})
+    with pytest.raises(ValueError, match=f"generation.deployment: not Ray Serve deployment options: {key}"):
+        serve_config_v2(settings)

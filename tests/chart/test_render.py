@@ -1,0 +1,481 @@
+"""Render every scenario and validate what Kubernetes, KubeRay and Ray Serve would accept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, KUBE_VERSION, NAMESPACE, RELEASE, SCENARIOS, Rendered
+
+Render = Callable[[str], Rendered]
+SCENARIO_NAMES = sorted(SCENARIOS)
+# Custom resources: the RayService is checked against KubeRay's CRD below; the Prometheus
+# Operator's CRDs are not available offline, so their objects get structural checks here.
+CUSTOM_KINDS = {
+    ("ray.io/v1", "RayService"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+FULLNAME = f"{RELEASE}-ragrail"
+GATEWAY = f"{FULLNAME}-gateway"
+CONFIG_PATH = "/etc/ragrail/ragrail.yaml"
+
+
+def _containers(pod_spec: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in pod_spec.get("containers", []) + pod_spec.get("initContainers", [])}
+
+
+def _ports(container: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def _env(container: dict) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _ray_pod_templates(rs: dict) -> list[tuple[str, dict]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    out = [("head", cluster["headGroupSpec"]["template"])]
+    out += [(g["groupName"], g["template"]) for g in cluster["workerGroupSpecs"]]
+    return out
+
+
+def _gateway_pod(r: Rendered) -> dict:
+    return r.get("Deployment", GATEWAY)["spec"]["template"]
+
+
+# -- every object is valid -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_builtin_objects_validate_strictly(rendered: Render, scenario: str) -> None:
+    import kubernetes_validate
+
+    r = rendered(scenario)
+    kinds = set()
+    for obj in r.objects:
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
+            continue
+        kinds.add(obj["kind"])
+        assert obj["metadata"].get("namespace") in (None, NAMESPACE)
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {path}: {exc.message}")
+        # SchemaNotFoundError (an unknown kind or apiVersion) propagates and fails the test.
+    assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "ServiceAccount"} <= kinds
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_ray_pod_templates_validate_as_kubernetes_pods(rendered: Render, scenario: str) -> None:
+    """The CRD embeds KubeRay's copy of the pod schema; check the templates against the
+    cluster version's own schema too."""
+    import kubernetes_validate
+
+    for group, template in _ray_pod_templates(rendered(scenario).get("RayService")):
+        wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": group}, "template": template}
+        try:
+            kubernetes_validate.validate(wrapper, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{group}: {'.'.join(str(p) for p in exc.path)}: {exc.message}")
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_rayservice_validates_against_the_kuberay_crd(
+    rendered: Render, scenario: str, rayservice_crd_schema: dict
+) -> None:
+    import jsonschema
+
+    rs = rendered(scenario).get("RayService", FULLNAME)
+    errors = sorted(jsonschema.Draft202012Validator(rayservice_crd_schema).iter_errors(rs), key=str)
+    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:10])
+
+
+def test_the_crd_check_catches_an_unknown_field(rendered: Render, rayservice_crd_schema: dict) -> None:
+    import copy
+
+    import jsonschema
+
+    rs = copy.deepcopy(rendered("default").get("RayService"))
+    rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
+    assert not jsonschema.Draft202012Validator(rayservice_crd_schema).is_valid(rs)
+
+
+# -- serveConfigV2: Ray's schema, and the same mapping as ragrail.kube -------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_serve_config_is_valid_for_ray_serve(rendered: Render, scenario: str) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(rendered(scenario).serve_config)
+    assert [a.name for a in schema.applications] == ["embedding", "retrieval", "generation", "moderation"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_serve_config_equals_kube_serve_config_v2_of_the_same_config(rendered: Render, scenario: str) -> None:
+    from ragrail.common.config import Settings
+    from ragrail.kube import serve_config_v2
+
+    r = rendered(scenario)
+    settings = Settings.model_validate(r.config)  # the gateway's config is valid for the code
+    expected = serve_config_v2(settings, extra_env=r.values.get("rayService", {}).get("serveEnv"))
+    assert r.serve_config == expected
+    # ...and every application gets that config whole, as its args.
+    assert all(app["args"] == r.config for app in r.serve_config["applications"])
+
+
+def test_default_config_is_the_packaged_one_plus_kubernetes_wiring(rendered: Render) -> None:
+    from importlib import resources
+
+    packaged = yaml.safe_load(resources.files("ragrail.config").joinpath("ragrail.yaml").read_text())
+    config = rendered("default").config
+    wired = {"data_dir", "models_dir", "serve.host", "gateway.host", "gateway.serve_address",
+             "gateway.pipelines_dir", "gateway.auth", "retrieval.qdrant_url"}
+
+    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v and key not in wired:
+                out.update(flatten(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    ours, theirs = flatten(config), flatten(packaged)
+    assert {k: v for k, v in ours.items() if k not in wired} == {k: v for k, v in theirs.items() if k not in wired}
+    assert config["gateway"]["serve_address"] == f"{FULLNAME}-serve-svc:9000"
+    assert config["models_dir"] == "/models"
+    assert config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6334"
+    assert config["gateway"]["auth"] == {"enabled": True, "keys_file": "/etc/ragrail/auth/keys.yaml"}
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_gateway_runs_the_gateway_command_on_the_chart_config(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    pod = _gateway_pod(r)["spec"]
+    gateway = _containers(pod)["gateway"]
+    assert gateway["command"] == ["ragrail", "gateway", "--config", CONFIG_PATH]
+    [mount] = [m for m in gateway["volumeMounts"] if m["mountPath"] == CONFIG_PATH]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == f"{FULLNAME}-config" and mount["subPath"] == "ragrail.yaml"
+    ports = _ports(gateway)
+    assert ports == {"grpc": r.config["gateway"]["port"], "metrics": r.config["gateway"]["metrics_port"]}
+    # Non-root, read-only root filesystem, no privilege escalation.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert gateway["securityContext"]["allowPrivilegeEscalation"] is False
+    assert gateway["resources"]["requests"] and gateway["resources"]["limits"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_gateway_probes(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    gateway = _containers(_gateway_pod(r)["spec"])["gateway"]
+    port = r.config["gateway"]["port"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if r.config["gateway"]["tls"]:
+            # The kubelet's gRPC probe cannot speak TLS.
+            assert gateway[probe]["tcpSocket"] == {"port": port}
+        else:
+            assert gateway[probe]["grpc"] == {"port": port}
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_gateway_service_hpa_and_pdb(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    selector = r.get("Deployment", GATEWAY)["spec"]["selector"]["matchLabels"]
+    pod_labels = _gateway_pod(r)["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    svc = r.get("Service", GATEWAY)
+    assert svc["spec"]["selector"] == selector
+    assert [(p["name"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("grpc", "grpc")]
+    gw = SCENARIOS[scenario].get("gateway", {})
+    if gw.get("autoscaling", {}).get("enabled", True):
+        hpa = r.get("HorizontalPodAutoscaler", GATEWAY)
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY}
+        assert "replicas" not in r.get("Deployment", GATEWAY)["spec"]
+    else:
+        assert not r.all("HorizontalPodAutoscaler")
+        assert r.get("Deployment", GATEWAY)["spec"]["replicas"] == gw["replicas"]
+    pdbs = r.all("PodDisruptionBudget")
+    if gw.get("podDisruptionBudget", {}).get("enabled", True):
+        assert pdbs[0]["spec"]["selector"]["matchLabels"] == selector
+    else:
+        assert not pdbs
+
+
+def test_pipeline_specs_configmap_loads_as_a_spec_folder(rendered: Render, tmp_path: Path) -> None:
+    from ragrail.gateway.specs import load_pipeline_dir
+
+    for scenario in ("default", "cpu-embedded"):
+        r = rendered(scenario)
+        folder = tmp_path / scenario
+        folder.mkdir()
+        data = r.get("ConfigMap", f"{FULLNAME}-pipelines")["data"]
+        for name, text in data.items():
+            (folder / name).write_text(text)
+        refs = {s.ref for s in load_pipeline_dir(folder).specs}
+        packaged = {p.name.replace("@", "_") for p in (CHART / "files" / "pipelines").glob("*.yaml")}
+        assert packaged <= set(data)
+        assert {"rag@1", "rag@2"} <= refs
+        if scenario == "cpu-embedded":
+            assert "rag@3" in refs  # added through values.pipelines
+        assert r.config["gateway"]["pipelines_dir"] == "/etc/ragrail/pipelines"
+
+
+@pytest.mark.parametrize("scenario", ["default", "tls"])
+def test_api_keys_secret_is_a_valid_keys_file(rendered: Render, scenario: str, tmp_path: Path) -> None:
+    from ragrail.gateway.auth import load_keys
+
+    r = rendered(scenario)
+    secret = r.get("Secret", f"{FULLNAME}-gateway-keys")
+    path = tmp_path / "keys.yaml"
+    path.write_text(secret["stringData"]["keys.yaml"])
+    entries = load_keys(path)
+    assert [e.name for e in entries] == [k["name"] for k in SCENARIOS[scenario].get("gateway", {}).get("auth", {}).get("keys", [])]
+    gateway = _containers(_gateway_pod(r)["spec"])["gateway"]
+    assert {"name": "keys", "mountPath": "/etc/ragrail/auth", "readOnly": True} in gateway["volumeMounts"]
+
+
+def test_auth_off_means_no_keys_secret(rendered: Render) -> None:
+    r = rendered("cpu-embedded")
+    assert not r.all("Secret")
+    assert r.config["gateway"]["auth"] == {"enabled": False}
+
+
+def test_tls_mounts_the_secret_and_points_the_config_at_it(rendered: Render) -> None:
+    r = rendered("tls")
+    assert r.config["gateway"]["tls"] == {
+        "cert_file": "/etc/ragrail/tls/tls.crt",
+        "key_file": "/etc/ragrail/tls/tls.key",
+        "client_ca_file": "/etc/ragrail/tls/ca.crt",
+    }
+    pod = _gateway_pod(r)["spec"]
+    assert {"name": "tls", "secret": {"secretName": "ragrail-gateway-tls"}} in pod["volumes"]
+    assert r.get("Service", GATEWAY)["spec"]["type"] == "LoadBalancer"
+    assert "-cacert ca.crt" in r.notes and "-plaintext" not in r.notes
+    for other in ("default", "cpu-embedded"):
+        assert rendered(other).config["gateway"]["tls"] == {}
+        assert "grpcurl -plaintext 127.0.0.1:50051 list" in rendered(other).notes
+
+
+# -- the RayService --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_head_exposes_serve_grpc_on_9000_and_ray_ports(rendered: Render, scenario: str) -> None:
+    rs = rendered(scenario).get("RayService", FULLNAME)
+    cluster = rs["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = _ports(head)
+    assert ports["serve-grpc"] == 9000
+    assert {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "serve": 8000}.items() <= ports.items()
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == "2.60.0"
+    # The gateway dials KubeRay's serve Service on that port.
+    assert rendered(scenario).config["gateway"]["serve_address"] == f"{FULLNAME}-serve-svc:9000"
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_ray_pods_mount_config_and_models_where_the_config_says(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    models_dir = r.config["models_dir"]
+    for group, template in _ray_pod_templates(r.get("RayService")):
+        spec = template["spec"]
+        main = spec["containers"][0]
+        mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        assert mounts[models_dir] == "models" and mounts["/etc/ragrail"] == "config", group
+        assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "ray"
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert _env(main)["HF_HOME"] == f"{models_dir}/huggingface"
+        if group != "head":
+            init = _containers(spec)["prepare-models"]
+            assert init["command"] == ["ragrail", "prepare-models", "--config", CONFIG_PATH]
+
+
+def test_gpu_worker_group(rendered: Render) -> None:
+    from tests.chart.conftest import GPU_NODE, GPU_TOLERATION
+
+    r = rendered("gpu")
+    groups = {g["groupName"]: g for g in r.get("RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    gpu = groups["gpu"]
+    assert (gpu["minReplicas"], gpu["maxReplicas"]) == (0, 4)
+    spec = gpu["template"]["spec"]
+    resources = spec["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == 1 and resources["requests"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] == GPU_NODE and spec["tolerations"] == GPU_TOLERATION
+    assert "nodeAffinity" in spec["affinity"]
+    cpu_spec = groups["cpu"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in cpu_spec["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in cpu_spec
+    # The generation deployment asks Serve for the GPU; the model is a hub id, downloads allowed.
+    [generation] = [a for a in r.serve_config["applications"] if a["name"] == "generation"]
+    assert generation["deployments"][0]["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+    assert generation["args"]["generation"]["model"] == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    assert generation["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "0"
+    assert generation["runtime_env"]["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"
+    # Weights on a PVC the chart made (kept on uninstall), mounted at models_dir.
+    pvc = r.get("PersistentVolumeClaim", f"{FULLNAME}-models")
+    assert pvc["spec"]["storageClassName"] == "fast-rwx"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": f"{FULLNAME}-models"}} in spec["volumes"]
+
+
+def test_cpu_default_requests_no_gpu(rendered: Render) -> None:
+    rs = rendered("default").get("RayService")
+    for _, template in _ray_pod_templates(rs):
+        for container in template["spec"]["containers"]:
+            assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    for app in rendered("default").serve_config["applications"]:
+        assert app["deployments"][0]["ray_actor_options"]["num_gpus"] == 0
+
+
+# -- Qdrant ----------------------------------------------------------------------------------
+
+
+def _ray_env(r: Rendered) -> dict[str, Any]:
+    head = r.get("RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return _env(head)
+
+
+def test_qdrant_subchart_wiring(rendered: Render) -> None:
+    r = rendered("default")
+    assert r.config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6334"
+    assert "RAGRAIL_QDRANT_API_KEY" not in _ray_env(r)  # qdrant.apiKey is off by default
+    policy = r.get("NetworkPolicy", f"{FULLNAME}-qdrant")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": RELEASE}
+    with_key = _render_with({"qdrant": {"enabled": True, "apiKey": True}})
+    assert _ray_env(with_key)["RAGRAIL_QDRANT_API_KEY"] == {"secretKeyRef": {"name": f"{RELEASE}-qdrant-apikey", "key": "api-key"}}
+
+
+def test_external_qdrant_url_and_api_key_secret(rendered: Render) -> None:
+    r = rendered("external-qdrant")
+    assert r.config["retrieval"]["qdrant_url"] == "https://qdrant.example.internal:6334"
+    assert "qdrant_api_key" not in r.config["retrieval"]  # never in a ConfigMap or the RayService
+    assert "s3cr3t" not in yaml.safe_dump(r.get("RayService")) + yaml.safe_dump(r.get("ConfigMap", f"{FULLNAME}-config"))
+    secret = r.get("Secret", f"{FULLNAME}-qdrant")
+    assert secret["stringData"] == {"api-key": "s3cr3t"}
+    assert _ray_env(r)["RAGRAIL_QDRANT_API_KEY"] == {"secretKeyRef": {"name": f"{FULLNAME}-qdrant", "key": "api-key"}}
+    assert not r.all("NetworkPolicy", f"{FULLNAME}-qdrant")
+    # null removed the embedded store's single replica; retrieval autoscales.
+    [retrieval] = [a for a in r.serve_config["applications"] if a["name"] == "retrieval"]
+    assert "num_replicas" not in retrieval["deployments"][0]
+    assert retrieval["deployments"][0]["autoscaling_config"]["max_replicas"] == 6
+    existing = _render_with({"qdrant": {"enabled": False}, "externalQdrant": {
+        "url": "http://q:6334", "existingSecret": "my-qdrant", "existingSecretKey": "key"}})
+    assert not existing.all("Secret", f"{FULLNAME}-qdrant")
+    assert _ray_env(existing)["RAGRAIL_QDRANT_API_KEY"] == {"secretKeyRef": {"name": "my-qdrant", "key": "key"}}
+
+
+def test_embedded_qdrant_is_flagged_in_notes(rendered: Render) -> None:
+    r = rendered("cpu-embedded")
+    assert "qdrant_url" not in r.config["retrieval"]
+    assert "WARNING: no Qdrant server" in r.notes
+    assert "WARNING" not in rendered("default").notes
+
+
+def _render_with(values: dict) -> Rendered:
+    from tests.chart.conftest import render
+
+    return render(values)
+
+
+# -- monitoring, dashboards, network policy -------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_monitors_select_what_exports_metrics(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    release = SCENARIOS[scenario].get("monitoring", {}).get("release", "kube-prometheus-stack")
+    sm = r.get("ServiceMonitor", GATEWAY)
+    pm = r.get("PodMonitor", f"{FULLNAME}-ray")
+    rule = r.get("PrometheusRule", FULLNAME)
+    for obj in (sm, pm, rule):
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        assert obj["metadata"]["labels"].get("release") == (release or None)
+    # ServiceMonitor -> the metrics Service -> the gateway pods' metrics port.
+    [metrics_svc] = [s for s in r.all("Service") if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert [p["name"] for p in metrics_svc["spec"]["ports"]] == ["metrics"]
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert metrics_svc["spec"]["selector"].items() <= _gateway_pod(r)["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # PodMonitor -> every Ray pod, port "metrics" (Ray's metrics-export-port).
+    for group, template in _ray_pod_templates(r.get("RayService")):
+        assert pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items(), group
+        assert _ports(template["spec"]["containers"][0])["metrics"] == 8080
+    rs = r.get("RayService")["spec"]["rayClusterConfig"]
+    assert rs["headGroupSpec"]["rayStartParams"]["metrics-export-port"] == "8080"
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_prometheus_rule_is_the_rules_file(rendered: Render) -> None:
+    rules_file = yaml.safe_load((CHART / "files" / "prometheus" / "ragrail-rules.yaml").read_text())
+    assert rendered("default").get("PrometheusRule")["spec"] == rules_file
+
+
+def test_grafana_dashboard_configmap(rendered: Render) -> None:
+    r = rendered("default")
+    cm = r.get("ConfigMap", f"{FULLNAME}-dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["ragrail.json"]) == json.loads((CHART / "files" / "dashboards" / "ragrail.json").read_text())
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_network_policies(rendered: Render, scenario: str) -> None:
+    r = rendered(scenario)
+    gateway_labels = _gateway_pod(r)["metadata"]["labels"]
+    gw = r.get("NetworkPolicy", GATEWAY)
+    assert gw["spec"]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    [public, metrics] = gw["spec"]["ingress"]
+    assert public["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert public.get("from", []) == SCENARIOS[scenario].get("networkPolicy", {}).get("gateway", {}).get("from", [])
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+    ray = r.get("NetworkPolicy", f"{FULLNAME}-ray")
+    for _, template in _ray_pod_templates(r.get("RayService")):
+        assert ray["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    rules = ray["spec"]["ingress"]
+    assert all("from" in rule for rule in rules), "no Ray port may be open to everyone"
+    from_gateway = [rule for rule in rules if rule["from"][0].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "gateway"]
+    assert from_gateway and from_gateway[0]["ports"] == [{"port": 9000, "protocol": "TCP"}]
+    peers = [p for rule in rules for p in rule["from"]]
+    assert {"podSelector": {"matchLabels": ray["spec"]["podSelector"]["matchLabels"]}} in peers
+
+
+def test_notes_explain_grpcurl_over_port_forward(rendered: Render) -> None:
+    notes = rendered("default").notes
+    assert f"kubectl -n {NAMESPACE} port-forward svc/{GATEWAY} 50051:50051" in notes
+    assert "ragrail.gateway.v1.GatewayService/Run" in notes
+    assert 'authorization: Bearer' in notes
+
+
+def test_strict_validation_catches_an_unknown_field(rendered: Render) -> None:
+    import copy
+
+    import kubernetes_validate
+
+    deployment = copy.deepcopy(rendered("default").get("Deployment", GATEWAY))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def test_a_deployment_name_in_config_is_refused_by_the_chart() -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError, match="`name` is set by the chart"):
+        _render_with({"config": {"embedding": {"deployment": {"name": "Other"}}}})
