@@ -82,7 +82,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "external-qdrant": {
         "qdrant": {"enabled": False},
-        "externalQdrant": {"url": "https://qdrant.example.internal:6334", "apiKey": "s3cr3t"},
+        "externalQdrant": {"url": "https://qdrant.example.internal:6333", "apiKey": "s3cr3t"},
         "config": {"retrieval": {"deployment": {
             "num_replicas": None,
             "autoscaling_config": {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 16}}}},

@@ -72,7 +72,10 @@ def test_a_template_producing_invalid_yaml_fails_lint(chart_copy: Path) -> None:
         ({"gateway": {"replica": 2}}, "'replica'"),
         ({"config": {"gateway": {"prot": 50051}}}, "'prot'"),
         ({"config": {"gateway": {"port": "50051"}}}, "/config/gateway/port"),
-        ({"config": {"moderation": {"toxicity_threshold": 2}}}, "/config/moderation/toxicity_threshold"),
+        (
+            {"config": {"moderation": {"categories": {"toxicity": {"threshold": 2}}}}},
+            "/config/moderation/categories/toxicity/threshold",
+        ),
         ({"rayService": {"workerGroups": [{"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 2, "gpus": "one"}]}}, "gpus"),
         ({"gateway": {"auth": {"keys": [{"name": "x", "sha256": "not-a-hash", "pipelines": ["*"], "rate_per_s": 1, "burst": 1}]}}}, "sha256"),
         ({"pipelines": {"rag@3.yaml": "name: rag"}}, "rag@3.yaml"),

@@ -205,10 +205,18 @@ def test_metric_name_extraction() -> None:
     assert metric_names("histogram_quantile(0.9, sum by (le) (rate(x_bucket[$__rate_interval]))) * 1000") == {"x_bucket"}
 
 
+def service_metric_names() -> set[str]:
+    """The model services' metrics as Ray's endpoint exports them (``ray_`` prefix)."""
+    from ragrail.common.service_metrics import exported_names
+
+    return exported_names()
+
+
 @pytest.mark.parametrize("source", ["rules", "dashboard"])
 def test_every_metric_used_exists(source: str) -> None:
-    known_gateway = gateway_metric_names()
+    known_gateway = gateway_metric_names() | service_metric_names()
     assert "ragrail_gateway_requests_total" in known_gateway
+    assert "ray_ragrail_service_model_latency_seconds_bucket" in known_gateway
     if source == "rules":
         exprs = list(rule_exprs(yaml.safe_load(RULES_FILE.read_text())))
     else:
@@ -221,7 +229,7 @@ def test_every_metric_used_exists(source: str) -> None:
         missing = {n for n in names if n not in known_gateway and n not in RAY_METRICS}
         if missing:
             unknown[where] = sorted(missing)
-    assert not unknown, f"metrics used but not exported by the gateway or listed from Ray: {unknown}"
+    assert not unknown, f"metrics used but not exported by the gateway, the services or listed from Ray: {unknown}"
 
 
 def test_fallback_reasons_in_rules_exist() -> None:
@@ -258,4 +266,5 @@ def test_dashboard_is_well_formed() -> None:
     assert {
         "Traffic", "Error ratio", "Latency p50 / p95 / p99", "Stage latency p95", "Fallback ratio by reason",
         "Moderation flags", "Replicas per deployment", "GPU utilisation", "Qdrant latency",
+        "Tokens per second", "Model latency p95", "Batch size and queue wait",
     } <= titles

@@ -154,7 +154,7 @@ def test_default_config_is_the_packaged_one_plus_kubernetes_wiring(rendered: Ren
     assert {k: v for k, v in ours.items() if k not in wired} == {k: v for k, v in theirs.items() if k not in wired}
     assert config["gateway"]["serve_address"] == f"{FULLNAME}-serve-svc:9000"
     assert config["models_dir"] == "/models"
-    assert config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6334"
+    assert config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6333"
     assert config["gateway"]["auth"] == {"enabled": True, "keys_file": "/etc/ragrail/auth/keys.yaml"}
 
 
@@ -354,7 +354,7 @@ def _ray_env(r: Rendered) -> dict[str, Any]:
 
 def test_qdrant_subchart_wiring(rendered: Render) -> None:
     r = rendered("default")
-    assert r.config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6334"
+    assert r.config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6333"
     assert "RAGRAIL_QDRANT_API_KEY" not in _ray_env(r)  # qdrant.apiKey is off by default
     policy = r.get("NetworkPolicy", f"{FULLNAME}-qdrant")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": RELEASE}
@@ -364,7 +364,7 @@ def test_qdrant_subchart_wiring(rendered: Render) -> None:
 
 def test_external_qdrant_url_and_api_key_secret(rendered: Render) -> None:
     r = rendered("external-qdrant")
-    assert r.config["retrieval"]["qdrant_url"] == "https://qdrant.example.internal:6334"
+    assert r.config["retrieval"]["qdrant_url"] == "https://qdrant.example.internal:6333"
     assert "qdrant_api_key" not in r.config["retrieval"]  # never in a ConfigMap or the RayService
     assert "s3cr3t" not in yaml.safe_dump(r.get("RayService")) + yaml.safe_dump(r.get("ConfigMap", f"{FULLNAME}-config"))
     secret = r.get("Secret", f"{FULLNAME}-qdrant")

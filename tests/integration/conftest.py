@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +37,7 @@ class Stack:
     pipelines_dir: Path
     log_path: Path
     env: dict[str, str]
+    ray_metrics_address: str = ""  # Ray's Prometheus endpoint (serve.metrics_export_port)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -89,7 +90,7 @@ def write_config(tmp: Path) -> tuple[Path, dict]:
     grpc_port = free_port()
     config["data_dir"] = str(tmp / "data")
     config["models_dir"] = default_models_dir()  # conversion happens once per machine
-    config["serve"].update(grpc_port=grpc_port, http_port=free_port())
+    config["serve"].update(grpc_port=grpc_port, http_port=free_port(), metrics_export_port=free_port())
     config["gateway"].update(port=free_port(), metrics_port=free_port(), serve_address=f"127.0.0.1:{grpc_port}")
     path = tmp / "ragrail.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -103,8 +104,15 @@ def ray_processes(temp_dir: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
+    yield from running_stack(tmp_path_factory.mktemp("stack"))
+
+
+def running_stack(tmp: Path, mutate: Callable[[dict], None] | None = None) -> Iterator[Stack]:
+    """Runs `ragrail up` with a private config (changed by ``mutate``) until the generator closes."""
     config_path, config = write_config(tmp)
+    if mutate:
+        mutate(config)
+        config_path.write_text(yaml.safe_dump(config))
     log_path = tmp / "up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("RAGRAIL_DATA_DIR", None)
@@ -123,6 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pipelines_dir=Path(config["gateway"]["pipelines_dir"]),
         log_path=log_path,
         env=env,
+        ray_metrics_address=f"127.0.0.1:{config['serve']['metrics_export_port']}",
     )
     proc.send_signal(signal.SIGINT)
     try:

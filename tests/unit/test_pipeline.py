@@ -160,7 +160,7 @@ async def test_answered_run_returns_answer_citations_and_all_timings(stack: Fake
     assert system.content.startswith(SPEC.generation.system_prompt)
     assert QUESTION in user.content and DOCS["refunds.md"] in user.content
     # Input and output were both moderated, with the right categories.
-    assert [c for _, c in stack.moderation.calls] == [("toxicity", "prompt_injection"), ("toxicity",)]
+    assert [c for _, c in stack.moderation.calls] == [("toxicity", "prompt_injection"), ("toxicity", "pii")]
     assert stack.moderation.calls[1][0] == (result.answer,)
     assert stack.retrieval.searches == [(COLLECTION, SPEC.retrieval.top_k, SPEC.retrieval.score_threshold)]
 

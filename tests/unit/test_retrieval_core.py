@@ -1,15 +1,27 @@
-"""VectorStore over embedded Qdrant (a temp folder), plus the unreachable-server mapping."""
+"""VectorStore over embedded Qdrant (a temp folder), plus the unreachable-server mapping.
+
+The same behaviour against a real Qdrant server: tests/integration/test_qdrant_congruence.py.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from ragrail.common.errors import InvalidArgument, NotFound, Unavailable
+from ragrail.common.config import RetrievalSettings
+from ragrail.common.errors import InvalidArgument, NotFound, RagrailError, Unavailable
 from ragrail.retrieval.core import (
     Condition,
     Distance,
@@ -17,6 +29,8 @@ from ragrail.retrieval.core import (
     Point,
     Range,
     VectorStore,
+    _from_grpc,
+    build_store,
 )
 
 DIM = 4
@@ -321,24 +335,318 @@ def test_a_collection_recreated_with_another_dimension_takes_new_vectors(tmp_pat
         store.close()
 
 
-# -- a server that cannot be reached ---------------------------------------------
+# -- dropping collections ----------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
-@pytest.mark.parametrize("prefer_grpc", [True, False])
-def test_unreachable_server_is_unavailable(prefer_grpc: bool) -> None:
+def test_delete_collection_drops_points_and_name(docs: VectorStore) -> None:
+    docs.delete_collection("docs")
+    with pytest.raises(NotFound, match="collection docs does not exist"):
+        docs.describe("docs")
+    with pytest.raises(NotFound):
+        docs.search("docs", QUERY, top_k=1)
+    with pytest.raises(NotFound, match="collection docs does not exist"):
+        docs.delete_collection("docs")
+    # Re-created with another dimension: the cached dimension went with the drop.
+    assert docs.ensure_collection("docs", DIM + 1) is True
+    assert docs.upsert("docs", [Point(uid(1), [1.0] * (DIM + 1))]) == 1
+    assert docs.describe("docs").points_count == 1
+
+
+def test_delete_collection_validates_the_name(store: VectorStore) -> None:
+    with pytest.raises(InvalidArgument, match="invalid collection name"):
+        store.delete_collection("no/slashes")
+
+
+# -- payload indexes -------------------------------------------------------------------
+
+
+class IndexingClient:
+    """The embedded client, keeping payload indexes the way a server does."""
+
+    def __init__(self, inner: Any, indexes: dict[str, qm.PayloadSchemaType] | None = None) -> None:
+        self.inner = inner
+        self.indexes = dict(indexes or {})
+        self.created: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def create_payload_index(self, collection: str, field_name: str, field_schema: Any, **kwargs: Any) -> None:
+        assert kwargs.get("timeout") is not None, "index creation without a timeout"
+        self.created.append((field_name, field_schema.value))
+        self.indexes[field_name] = field_schema
+
+    def get_collection(self, name: str) -> Any:
+        info = self.inner.get_collection(name)
+        schema = {k: qm.PayloadIndexInfo(data_type=v, points=0) for k, v in self.indexes.items()}
+        return info.model_copy(update={"payload_schema": schema})
+
+
+@pytest.fixture
+def server_like(store: VectorStore) -> IndexingClient:
+    """The store, made to behave like one talking to a server (indexes kept)."""
+    client = IndexingClient(store._client)
+    store._client = client  # type: ignore[assignment]
+    store.embedded = False
+    return client
+
+
+def test_a_server_gets_every_index_asked_for(store: VectorStore, server_like: IndexingClient) -> None:
+    assert store.ensure_collection(
+        "docs", DIM, keyword_index_fields=["lang"], integer_index_fields=["year"], float_index_fields=["price"]
+    )
+    assert server_like.created == [("lang", "keyword"), ("year", "integer"), ("price", "float")]
+    assert store.describe("docs").payload_indexes == {"lang": "keyword", "year": "integer", "price": "float"}
+
+
+def test_an_existing_collection_gets_only_the_missing_indexes(store: VectorStore, server_like: IndexingClient) -> None:
+    store.ensure_collection("docs", DIM, keyword_index_fields=["document_id"])
+    server_like.created.clear()
+    # A later release also filters on chunk_index: the collection exists, the index does not.
+    assert not store.ensure_collection(
+        "docs", DIM, keyword_index_fields=["document_id"], integer_index_fields=["chunk_index"]
+    )
+    assert server_like.created == [("chunk_index", "integer")]
+
+
+def test_an_index_of_another_type_is_not_replaced_silently(store: VectorStore, server_like: IndexingClient) -> None:
+    store.ensure_collection("docs", DIM, keyword_index_fields=["year"])
+    with pytest.raises(InvalidArgument, match="payload field 'year' of collection docs is indexed as keyword, not integer"):
+        store.ensure_collection("docs", DIM, integer_index_fields=["year"])
+
+
+def test_embedded_mode_ignores_indexes_quietly(store: VectorStore) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # qdrant-client warns when asked for a local index
+        assert store.ensure_collection("docs", DIM, keyword_index_fields=["lang"], integer_index_fields=["year"])
+    assert store.describe("docs").payload_indexes == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"keyword_index_fields": ["a"], "integer_index_fields": ["a"]}, "indexed as both keyword and integer"),
+        ({"integer_index_fields": ["a"], "float_index_fields": ["a"]}, "indexed as both integer and float"),
+        ({"keyword_index_fields": [""]}, "invalid payload index field ''"),
+        ({"float_index_fields": [" price"]}, "invalid payload index field ' price'"),
+        ({"keyword_index_fields": [f"f{i}" for i in range(65)]}, "at most 64 payload index fields"),
+    ],
+)
+def test_bad_index_fields_are_invalid(store: VectorStore, fields: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        store.ensure_collection("docs", DIM, **fields)
+    with pytest.raises(NotFound):
+        store.describe("docs")  # validated before anything was created
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+class RecordingClient:
+    """Wraps the embedded client and records the timeout each call was given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.timeouts: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.timeouts[name] = kwargs.get("timeout")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_every_call_that_takes_a_timeout_gets_one(tmp_path: Path) -> None:
+    """The client-wide timeout bounds all calls; the ones that accept their own get it too."""
+    store = VectorStore(path=str(tmp_path / "q"), timeout_s=2.5)
+    recorder = RecordingClient(store._client)
+    store._client = recorder  # type: ignore[assignment]
+    try:
+        store.ensure_collection("docs", DIM)
+        store.upsert("docs", POINTS)
+        store.search("docs", QUERY, top_k=1)
+        store.delete("docs", ids=[uid(1)], filter=Filter(must=(Condition("lang", keyword="fr"),)))
+        store.describe("docs")
+        store.delete_collection("docs")
+    finally:
+        store.close()
+    takes_timeout = {"create_collection", "upsert", "query_points", "delete", "count", "delete_collection"}
+    assert {name: recorder.timeouts[name] for name in takes_timeout} == dict.fromkeys(takes_timeout, 3)  # 2.5 rounded up
+    # collection_exists and get_collection take none of their own: the client-wide one bounds them.
+    assert set(recorder.timeouts) - takes_timeout == {"collection_exists", "get_collection", "close"}
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1])
+def test_a_timeout_must_be_positive(tmp_path: Path, timeout_s: float) -> None:
+    with pytest.raises(InvalidArgument, match="timeout_s must be positive"):
+        VectorStore(path=str(tmp_path), timeout_s=timeout_s)
+
+
+# -- a server that cannot be reached or does not answer -------------------------------------
+
+
+def remote_store(url: str, grpc_port: int, prefer_grpc: bool) -> VectorStore:
     before = set(threading.enumerate())
-    store = VectorStore(url="http://127.0.0.1:1", timeout_s=1, prefer_grpc=prefer_grpc)
+    store = VectorStore(url=url, grpc_port=grpc_port, timeout_s=1, prefer_grpc=prefer_grpc)
     # qdrant-client checks the server version in a background thread and warns when it
     # cannot; let that happen inside this test rather than in whichever test runs next.
     for thread in set(threading.enumerate()) - before:
         thread.join(timeout=5)
+    return store
+
+
+def every_operation(store: VectorStore) -> dict[str, Callable[[], Any]]:
+    match_en = Filter(must=(Condition("lang", keyword="en"),))
+    return {
+        "ensure_collection": lambda: store.ensure_collection("docs", DIM, keyword_index_fields=["lang"]),
+        "describe": lambda: store.describe("docs"),
+        "delete_collection": lambda: store.delete_collection("docs"),
+        "upsert": lambda: store.upsert("docs", POINTS[:1]),
+        "search": lambda: store.search("docs", QUERY, top_k=1, filter=match_en),
+        "delete by ids": lambda: store.delete("docs", ids=[uid(1)]),
+        "delete by filter": lambda: store.delete("docs", filter=match_en),
+    }
+
+
+def outcomes(store: VectorStore) -> dict[str, tuple[RagrailError | None, float]]:
+    """Runs every operation at once (each alone would take the full timeout)."""
+
+    def run(fn: Callable[[], Any]) -> tuple[RagrailError | None, float]:
+        start = time.monotonic()
+        try:
+            fn()
+        except RagrailError as exc:
+            return exc, time.monotonic() - start
+        return None, time.monotonic() - start
+
+    ops = every_operation(store)
+    with ThreadPoolExecutor(len(ops)) as pool:
+        futures = {name: pool.submit(run, fn) for name, fn in ops.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+@pytest.mark.parametrize(("prefer_grpc", "where"), [(True, "gRPC 127.0.0.1:1"), (False, "http://127.0.0.1:1")])
+def test_unreachable_server_is_unavailable(prefer_grpc: bool, where: str) -> None:
+    store = remote_store("http://127.0.0.1:1", 1, prefer_grpc)
     try:
-        with pytest.raises(Unavailable, match="Qdrant is unavailable"):
-            store.ensure_collection("docs", DIM)
-        with pytest.raises(Unavailable):
-            store.search("docs", QUERY, top_k=1)
-        with pytest.raises(Unavailable):
-            store.upsert("docs", POINTS[:1])
+        for name, (error, _) in outcomes(store).items():
+            assert isinstance(error, Unavailable), f"{name}: {error!r}"
+            assert error.message.startswith(f"Qdrant is unavailable ({where}): cannot connect"), error.message
+            assert "\n" not in error.message
     finally:
         store.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+@pytest.mark.parametrize("prefer_grpc", [True, False])
+def test_a_server_that_does_not_answer_times_out_as_unavailable(silent_port: int, prefer_grpc: bool) -> None:
+    store = remote_store(f"http://127.0.0.1:{silent_port}", silent_port, prefer_grpc)
+    try:
+        for name, (error, elapsed) in outcomes(store).items():
+            assert isinstance(error, Unavailable), f"{name}: {error!r}"
+            assert "no answer within 1s" in error.message, error.message
+            assert elapsed < 3, f"{name} took {elapsed:.1f}s with a 1s timeout"
+    finally:
+        store.close()
+
+
+class FakeRpcError:
+    def __init__(self, code: str, details: str = "details") -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> Any:
+        return type("Code", (), {"name": self._code})()
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "fragment"),
+    [
+        ("NOT_FOUND", NotFound, "collection docs does not exist"),
+        ("INVALID_ARGUMENT", InvalidArgument, "Qdrant rejected the request: details"),
+        ("FAILED_PRECONDITION", InvalidArgument, "Qdrant rejected the request"),
+        ("UNAVAILABLE", Unavailable, "cannot connect (UNAVAILABLE)"),
+        ("DEADLINE_EXCEEDED", Unavailable, "no answer within 2s"),
+        ("UNAUTHENTICATED", Unavailable, "refused our API key"),
+        ("PERMISSION_DENIED", Unavailable, "refused our API key"),
+        ("INTERNAL", Unavailable, "INTERNAL: details"),
+        ("RESOURCE_EXHAUSTED", Unavailable, "RESOURCE_EXHAUSTED"),
+    ],
+)
+def test_grpc_statuses_from_qdrant_are_mapped(code: str, kind: type, fragment: str) -> None:
+    error = _from_grpc(FakeRpcError(code), "docs", 2)
+    assert type(error) is kind and fragment in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "fragment"),
+    [
+        (404, NotFound, "collection docs does not exist"),
+        (400, InvalidArgument, "Qdrant rejected the request: bad filter"),
+        (401, Unavailable, "refused our API key (HTTP 401)"),
+        (403, Unavailable, "refused our API key (HTTP 403)"),
+        (500, Unavailable, "HTTP 500: bad filter"),
+        (503, Unavailable, "HTTP 503"),
+    ],
+)
+def test_http_statuses_from_qdrant_are_mapped(store: VectorStore, status: int, kind: type, fragment: str) -> None:
+    def fail() -> None:
+        raise UnexpectedResponse(status, "reason", b'{"status": {"error": "bad filter"}}', None)  # type: ignore[arg-type]
+
+    with pytest.raises(kind) as info:
+        store._call(fail, collection="docs")
+    assert fragment in info.value.message
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [{"num_replicas": 2}, {"num_replicas": "auto"}, {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}],
+)
+def test_the_embedded_store_allows_exactly_one_replica(deployment: dict) -> None:
+    with pytest.raises(ValidationError, match="exactly one replica may own"):
+        RetrievalSettings(deployment=deployment)
+    RetrievalSettings(qdrant_url="http://qdrant:6333", deployment=deployment)  # a server scales out
+
+
+@pytest.mark.parametrize(
+    "deployment", [{}, {"num_replicas": 1}, {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}]
+)
+def test_one_replica_is_fine_for_the_embedded_store(deployment: dict) -> None:
+    RetrievalSettings(deployment=deployment)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_build_store_passes_the_server_settings(tmp_path: Path) -> None:
+    settings = RetrievalSettings(qdrant_url="http://127.0.0.1:1", grpc_port=2, timeout_s=0.5, max_top_k=7)
+    before = set(threading.enumerate())
+    store = build_store(settings, tmp_path / "unused")
+    for thread in set(threading.enumerate()) - before:  # the version check warns here, not later
+        thread.join(timeout=5)
+    try:
+        assert (store.embedded, store.where, store.max_top_k, store._timeout) == (False, "gRPC 127.0.0.1:2", 7, 1)
+    finally:
+        store.close()
+    assert not (tmp_path / "unused").exists()
+    embedded = build_store(RetrievalSettings(), tmp_path / "q")
+    try:
+        assert embedded.embedded and (tmp_path / "q").is_dir()
+    finally:
+        embedded.close()

@@ -162,7 +162,10 @@ async def _serve_gateway(
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     try:
         if ingest_sample:
-            await _ingest_sample_if_empty(gateway, settings)
+            try:
+                await _ingest_sample_if_empty(gateway, settings)
+            except RagrailError as exc:  # the stack still serves; status says what is wrong
+                log.warning("could not ingest the sample corpus: %s", exc.message)
         metrics = f", metrics http://{settings.gateway.host}:{gateway.metrics_port}/metrics" if gateway.metrics_port else ""
         print(
             f"ragrail ready: gateway on {settings.gateway.host}:{gateway.port}{metrics} "
@@ -319,7 +322,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if r.services:
         print("services:")
         for s in r.services:
-            print(f"  {s.name}: {s.status}")
+            replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.replicas.items()))
+            print(f"  {s.name}: {s.status}" + (f"  [replicas: {replicas}]" if replicas else ""))
     if r.last_reload_error:
         print(f"last pipeline reload rejected: {r.last_reload_error}")
     healthy = all(c.state == "closed" for c in r.circuits) and all(s.status == "RUNNING" for s in r.services)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ragrail.common.errors import InvalidArgument
 
@@ -32,6 +32,8 @@ class EmbeddingSettings(Strict):
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_text_chars: int = Field(8192, ge=1)
     max_tokens: int = Field(256, ge=8, description="window; longer texts are truncated")
+    batch_max_requests: int = Field(16, ge=1, description="concurrent Embed calls merged into one forward pass")
+    batch_wait_s: float = Field(0.005, ge=0, le=1, description="how long a dynamic batch waits to fill")
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -39,11 +41,30 @@ class RetrievalSettings(Strict):
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded")
     qdrant_api_key: str | None = None
     qdrant_path: str | None = Field(None, description="embedded store folder; default DATA_DIR/qdrant")
-    prefer_grpc: bool = True
-    timeout_s: float = Field(10.0, gt=0)
+    prefer_grpc: bool = Field(True, description="data calls over gRPC (grpc_port) instead of REST (the URL's port)")
+    grpc_port: int = Field(6334, ge=1, le=65535, description="Qdrant's gRPC port, used when prefer_grpc")
+    timeout_s: float = Field(10.0, gt=0, description="bound on every Qdrant call (rounded up to whole seconds)")
     max_top_k: int = Field(100, ge=1)
     max_batch_size: int = Field(512, ge=1)
     deployment: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _embedded_store_has_one_owner(self) -> RetrievalSettings:
+        # Embedded Qdrant locks its folder: a second replica would fail to open it.
+        if self.qdrant_url:
+            return self
+        replicas = self.deployment.get("num_replicas")
+        autoscaling = self.deployment.get("autoscaling_config") or {}
+        max_replicas = autoscaling.get("max_replicas", 1) if isinstance(autoscaling, dict) else 1
+        if replicas == "auto" or (isinstance(replicas, int) and replicas > 1) or (
+            isinstance(max_replicas, int) and max_replicas > 1
+        ):
+            raise ValueError(
+                "retrieval without qdrant_url uses the embedded store, which exactly one replica "
+                "may own: set retrieval.deployment.num_replicas to 1 (no autoscaling), or set "
+                "retrieval.qdrant_url to a Qdrant server to scale out"
+            )
+        return self
 
 
 class GenerationSettings(Strict):
@@ -55,16 +76,73 @@ class GenerationSettings(Strict):
     default_max_new_tokens: int = Field(128, ge=1)
     max_messages: int = Field(64, ge=1)
     max_prompt_chars: int = Field(32_000, ge=1)
+    max_batch_size: int = Field(4, ge=1, le=256, description="concurrent requests sharing one generate call")
+    batch_wait_s: float = Field(0.02, ge=0, le=1, description="how long a batch waits to fill")
+    max_waiting: int = Field(64, ge=1, description="requests waiting for a batch; more get RESOURCE_EXHAUSTED")
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
+_BACKEND_FIELDS = {
+    "profanity_check": (),
+    "nanoguard": ("window_chars",),
+    "regex": ("pii_types", "pii_allow"),
+    "transformers": ("model", "revision", "label", "device", "batch_size", "max_length"),
+}
+
+
+class CategorySettings(Strict):
+    """One moderation category: the backend that scores it and the threshold that flags."""
+
+    backend: Literal["profanity_check", "nanoguard", "regex", "transformers"] = Field(
+        description="profanity_check (toxicity), nanoguard (prompt injection), regex (PII), "
+        "transformers (any sequence-classification model)"
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="a score at or above it flags the text")
+    window_chars: int | None = Field(
+        None, ge=100, description="nanoguard reads 512 tokens: longer texts are scanned in windows (default 1500)"
+    )
+    pii_types: list[Literal["email", "phone", "card", "ssn", "uk_nino", "iban"]] | None = Field(
+        None, description="regex: the PII types detected (default all)"
+    )
+    pii_allow: list[str] | None = Field(
+        None, description="regex: values never reported, e.g. a published helpline (compared by letters and digits)"
+    )
+    model: str | None = Field(None, description="transformers: builtin name, hub id or folder")
+    revision: str | None = Field(None, description="transformers: hub revision")
+    label: str | int | None = Field(None, description="transformers: the label scored, by name or index")
+    device: str | None = Field(None, description="transformers: auto, cpu or cuda (default: the replica's)")
+    batch_size: int | None = Field(None, ge=1, description="transformers: texts per forward pass (default 32)")
+    max_length: int | None = Field(None, ge=8, description="transformers: token cap (default the model's)")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_backend(self) -> CategorySettings:
+        foreign = [
+            name
+            for backend, names in _BACKEND_FIELDS.items()
+            if backend != self.backend
+            for name in names
+            if getattr(self, name) is not None
+        ]
+        if foreign:
+            raise ValueError(
+                f"backend {self.backend} does not take {', '.join(foreign)} "
+                "(remove them; in a Helm override, set them to null)"
+            )
+        if self.backend == "transformers" and (self.model is None or self.label is None):
+            raise ValueError("backend transformers needs a model and a label")
+        return self
+
+
+class ModerationCategories(Strict):
+    toxicity: CategorySettings = CategorySettings(backend="profanity_check", threshold=0.8)
+    prompt_injection: CategorySettings = CategorySettings(backend="nanoguard", threshold=0.98)
+    pii: CategorySettings = CategorySettings(backend="regex", threshold=0.5)
+
+
 class ModerationSettings(Strict):
-    toxicity_threshold: float = Field(0.8, ge=0, le=1)
-    prompt_injection_threshold: float = Field(0.9, ge=0, le=1)
+    categories: ModerationCategories = ModerationCategories()
     max_batch_size: int = Field(256, ge=1)
     max_text_chars: int = Field(16_000, ge=1)
-    # The injection classifier reads 512 tokens; longer texts are scanned in windows.
-    injection_window_chars: int = Field(1500, ge=100)
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -74,6 +152,19 @@ class ServeSettings(Strict):
     host: str = "127.0.0.1"
     request_timeout_s: float = Field(120.0, gt=0)
     num_cpus: float | None = Field(None, description="CPUs for the local Ray cluster; default all")
+    fast_path: bool = Field(
+        False,
+        description="Serve's HAProxy ingress + throughput-optimized mode (RAY_SERVE_ENABLE_HA_PROXY, "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED); see docs/fast-path.md",
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="how long `up` waits for services; pending ones are then reported, not awaited"
+    )
+    metrics_export_port: int | None = Field(
+        9465, ge=1, le=65535,
+        description="Ray's Prometheus endpoint (ray_serve_* and ragrail_service_* metrics) for `make observe`; "
+        "null = a random port",
+    )
 
 
 class AuthSettings(Strict):

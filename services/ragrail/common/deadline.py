@@ -8,16 +8,22 @@ from ragrail.common.errors import DeadlineExceeded
 
 
 class Deadline:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, caller_bound: bool = False) -> None:
         self._clock = time.monotonic
         self.expires_at = self._clock() + seconds
+        # True when the caller's own deadline is the binding one: once it passes
+        # the caller has given up, so a canned answer would reach nobody.
+        self.caller_bound = caller_bound
 
     @classmethod
     def within(cls, budget_s: float, caller_remaining_s: float | None) -> "Deadline":
         """The smaller of the caller's remaining time and our own budget."""
-        if caller_remaining_s is None:
+        if caller_remaining_s is None or budget_s < caller_remaining_s:
             return cls(budget_s)
-        return cls(min(budget_s, caller_remaining_s))
+        return cls(caller_remaining_s, caller_bound=True)
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
 
     def remaining(self) -> float:
         return self.expires_at - self._clock()

@@ -4,6 +4,10 @@ Works on a plain ``grpc.aio`` context and on Ray Serve's gRPC context alike: bot
 offer ``set_code``/``set_details``. The context parameter is named
 ``grpc_context`` because that is the keyword Ray Serve passes it by. Plain interceptors do not run inside Serve's
 proxy, so this is a decorator on each RPC method rather than an interceptor.
+
+The same decorators open the RPC's server span (``ragrail.common.tracing.server_span``:
+continuing the caller's ``traceparent``, a no-op unless tracing is configured) and name the
+RPC for the service metrics (``ragrail.common.service_metrics.current_method``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from ragrail.common import tracing
 from ragrail.common.errors import RagrailError, Status
+from ragrail.common.service_metrics import current_method
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,10 @@ GRPC_CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.valu
 def _one_line(message: str, limit: int = 300) -> str:
     line = " ".join(message.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _code_name(exc: BaseException) -> str:
+    return exc.status.value if isinstance(exc, RagrailError) else "INTERNAL"
 
 
 def _handle(exc: BaseException, context: Any, rpc_name: str) -> None:
@@ -59,11 +69,19 @@ def grpc_method(
     def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(fn)
         async def wrapper(self: Any, request: Any, grpc_context: Any = None) -> T:
+            method = current_method.set(fn.__name__)
             try:
-                return await fn(self, request, grpc_context)
-            except Exception as exc:  # noqa: BLE001 - the point is to catch everything
-                _handle(exc, grpc_context, fn.__name__)
-                return response_type()
+                with tracing.server_span(self, fn.__name__, grpc_context) as span:
+                    try:
+                        response = await fn(self, request, grpc_context)
+                    except Exception as exc:  # noqa: BLE001 - the point is to catch everything
+                        tracing.record_status(span, _code_name(exc), exc)
+                        _handle(exc, grpc_context, fn.__name__)
+                        return response_type()
+                    tracing.record_status(span, "OK")
+                    return response
+            finally:
+                current_method.reset(method)
 
         return wrapper
 
@@ -77,10 +95,14 @@ def grpc_stream_method(
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
-        try:
-            async for item in fn(self, request, grpc_context):
-                yield item
-        except Exception as exc:  # noqa: BLE001
-            _handle(exc, grpc_context, fn.__name__)
+        current_method.set(fn.__name__)  # the generator runs in its RPC's own task
+        with tracing.server_span(self, fn.__name__, grpc_context) as span:
+            try:
+                async for item in fn(self, request, grpc_context):
+                    yield item
+                tracing.record_status(span, "OK")
+            except Exception as exc:  # noqa: BLE001
+                tracing.record_status(span, _code_name(exc), exc)
+                _handle(exc, grpc_context, fn.__name__)
 
     return wrapper

@@ -6,6 +6,7 @@ with plain ``AutoModel`` keeps one loading path for any encoder in config.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ class TextEmbedder:
         self.model = AutoModel.from_pretrained(location).to(device).eval()
         self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
         self.dimension: int = int(self.model.config.hidden_size)
+        self.version = model_fingerprint(location)
 
     def validate(self, texts: list[str]) -> None:
         require(len(texts) > 0, "texts must not be empty")
@@ -61,9 +63,20 @@ class TextEmbedder:
                 f"texts[{i}] has {len(text)} characters; the limit is {self.max_text_chars}",
             )
 
-    @torch.inference_mode()
     def embed(self, texts: list[str]) -> list[EmbeddedText]:
         self.validate(texts)
+        return self.encode(texts)
+
+    def encode(self, texts: list[str]) -> list[EmbeddedText]:
+        """Embeds already-validated texts, max_batch_size at a time (a merged
+        dynamic batch from several requests may be larger than one request)."""
+        out: list[EmbeddedText] = []
+        for start in range(0, len(texts), self.max_batch_size):
+            out.extend(self._encode_chunk(texts[start : start + self.max_batch_size]))
+        return out
+
+    @torch.inference_mode()
+    def _encode_chunk(self, texts: list[str]) -> list[EmbeddedText]:
         full_lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
@@ -77,6 +90,14 @@ class TextEmbedder:
             EmbeddedText(vector=vec.tolist(), truncated=full > self.max_tokens, token_count=int(n))
             for vec, full, n in zip(vectors, full_lengths, used, strict=True)
         ]
+
+
+def model_fingerprint(location: str) -> str:
+    """A short id of the exact weights' config: a folder's config.json hash, else the location."""
+    config = Path(location) / "config.json"
+    if config.is_file():
+        return hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+    return location
 
 
 def build_embedder(settings: "EmbeddingSettings", models_dir: Path) -> TextEmbedder:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
+from ragrail.common.service_metrics import service_metrics
 from ragrail.common.serving import replica_settings
-from ragrail.embedding.core import build_embedder
+from ragrail.embedding.core import EmbeddedText, build_embedder
 from ragrail.embedding.servicer import EmbeddingServicer
 
 
@@ -17,6 +19,22 @@ class EmbeddingDeployment(EmbeddingServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
         super().__init__(build_embedder(s.embedding, s.models_path))
+        self._encode_batched.set_max_batch_size(s.embedding.batch_max_requests)
+        self._encode_batched.set_batch_wait_timeout_s(s.embedding.batch_wait_s)
+
+    async def encode(self, texts: list[str]) -> list[EmbeddedText]:
+        return await self._encode_batched(texts)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _encode_batched(self, requests: list[list[str]]) -> list[list[EmbeddedText]]:
+        """Concurrent Embed calls share one forward pass; each gets its own slice back."""
+        flat = [text for texts in requests for text in texts]
+        embedded = await service_metrics("embedding").to_thread(self._embedder.encode, flat, batch_size=len(flat))
+        out, start = [], 0
+        for texts in requests:
+            out.append(embedded[start : start + len(texts)])
+            start += len(texts)
+        return out
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 from ragrail.common.grpc_errors import grpc_method
-from ragrail.embedding.core import TextEmbedder
+from ragrail.common.service_metrics import service_metrics
+from ragrail.embedding.core import EmbeddedText, TextEmbedder
 from ragrail.embedding.v1 import embedding_pb2 as pb
 from ragrail.embedding.v1 import embedding_pb2_grpc
 
@@ -19,7 +20,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, grpc_context: Any = None) -> pb.EmbedResponse:
         texts = list(request.texts)
         self._embedder.validate(texts)  # fail fast, before queueing for a thread
-        embedded = await asyncio.to_thread(self._embedder.embed, texts)
+        embedded = await self.encode(texts)
         return pb.EmbedResponse(
             embeddings=[
                 pb.Embedding(values=e.vector, truncated=e.truncated, token_count=e.token_count)
@@ -27,4 +28,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             ],
             model=self._embedder.name,
             dimension=self._embedder.dimension,
+            model_version=self._embedder.version,
         )
+
+    async def encode(self, texts: list[str]) -> list[EmbeddedText]:
+        """Embeds validated texts; the Ray Serve wrapper overrides it with dynamic batching."""
+        return await service_metrics("embedding").to_thread(self._embedder.encode, texts, batch_size=len(texts))

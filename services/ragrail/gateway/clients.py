@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from ragrail.common import tracing
 from ragrail.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -39,6 +40,7 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("reques
 _CATEGORIES = {
     "toxicity": moderation_pb2.CATEGORY_TOXICITY,
     "prompt_injection": moderation_pb2.CATEGORY_PROMPT_INJECTION,
+    "pii": moderation_pb2.CATEGORY_PII,
 }
 _CATEGORY_NAMES = {v: k for k, v in _CATEGORIES.items()}
 _ROLES = {
@@ -53,6 +55,7 @@ def _metadata(application: str) -> tuple[tuple[str, str], ...]:
     pairs = [("application", application)]
     if request_id:
         pairs.append(("request_id", request_id))
+    tracing.inject_metadata(pairs)  # W3C traceparent of the current stage span (Serve's proxy passes it on)
     return tuple(pairs)
 
 
@@ -128,6 +131,7 @@ class RetrievalClient(_Client):
             dimension=dimension,
             distance=retrieval_pb2.DISTANCE_COSINE,
             keyword_index_fields=["document_id"],
+            integer_index_fields=["chunk_index"],  # delete_stale_chunks ranges over it
         )
         response = await self._call(self.stub.CreateCollection, request, timeout)
         return bool(response.created)  # type: ignore[attr-defined]

@@ -15,12 +15,14 @@ import enum
 import hashlib
 import hmac
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, require
 from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage
@@ -32,11 +34,12 @@ from ragrail.gateway.stages import (
     StageFailure,
     StageRunner,
     StageTimeout,
+    timeout_error,
 )
 
 T = TypeVar("T")
 INPUT_CATEGORIES = ("toxicity", "prompt_injection")
-OUTPUT_CATEGORIES = ("toxicity",)
+OUTPUT_CATEGORIES = ("toxicity", "pii")  # an answer must not leak personal data
 
 
 class FallbackReason(enum.Enum):
@@ -154,11 +157,12 @@ class Pipeline:
         *,
         idempotent: bool = True,
     ) -> T:
-        with _timed(result.timings, stage):
+        backend = self.backends.names[service]
+        with _timed(result.timings, stage), tracing.stage_span(stage, backend) as span:
             return await self.runner.call(
                 stage,
-                self.backends.names[service],
-                fn,
+                backend,
+                tracing.traced_attempts(span, fn),
                 timeout_s=spec.timeout_s,
                 retries=spec.retries if idempotent else 0,
                 deadline=deadline,
@@ -289,9 +293,11 @@ class RagPipeline(Pipeline):
         )
         checked = 0
         start = time.perf_counter()
+        span = tracing.start_stage_span("generate", backend)
         try:
             async with asyncio.timeout(first_token_s):
-                delta = await anext(stream, None)
+                with tracing.use_span(span):  # the call starts here: its metadata carries the span
+                    delta = await anext(stream, None)
             while delta is not None:
                 parts.append(delta)
                 yield delta
@@ -308,7 +314,7 @@ class RagPipeline(Pipeline):
             breaker.record_success()
         except (TimeoutError, DeadlineExceeded):
             breaker.record_failure()
-            raise StageTimeout("generate", "the stream did not finish in time") from None
+            raise timeout_error("generate", "the stream did not finish in time", deadline) from None
         except Unavailable as exc:
             breaker.record_failure()
             raise BackendUnavailable("generate", exc.message) from None
@@ -321,6 +327,7 @@ class RagPipeline(Pipeline):
         finally:
             await stream.aclose()  # cancels the backend call when we stop early
             result.timings["generate"] = time.perf_counter() - start
+            tracing.end_stage_span(span, sys.exc_info()[1])
 
 
 class SummarizeSentimentPipeline(Pipeline):

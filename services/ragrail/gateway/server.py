@@ -156,7 +156,7 @@ async def start_gateway(
     settings: Settings,
     *,
     backends_for: Callable[[PipelineSpec], Backends] | None = None,
-    service_statuses: Callable[[], dict[str, str]] | None = None,
+    service_statuses: Callable[[], dict[str, object]] | None = None,
 ) -> RunningGateway:
     """Starts serving; health says SERVING once the collection is ready."""
     g = settings.gateway

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import RagrailError
 from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_method
@@ -42,7 +43,7 @@ class GatewayState:
     registry: PipelineRegistry
     runner: StageRunner
     last_reload_error: Callable[[], str] = lambda: ""
-    service_statuses: Callable[[], dict[str, str]] | None = None
+    service_statuses: Callable[[], dict[str, Any]] | None = None  # name -> stack.ServiceState
     recent: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
 
     def remember(self, request_id: str, result: RunResult) -> None:
@@ -184,7 +185,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pb.CircuitInfo(service=name, state=b.state.name.lower())
                 for name, b in sorted(self.state.runner.breakers.items())
             ],
-            services=[pb.ServiceInfo(name=n, status=s) for n, s in sorted(services.items())],
+            services=[
+                pb.ServiceInfo(name=n, status=s.status, replicas=s.replicas) for n, s in sorted(services.items())
+            ],
             last_reload_error=self.state.last_reload_error(),
         )
 
@@ -193,26 +196,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 class _Observation:
-    """Counts one request: outcome, code, latency, per-stage timings, fallbacks."""
+    """Counts one request (outcome, code, latency, per-stage timings, fallbacks) and holds
+    its ``ragrail.pipeline.run`` span, current while the pipeline runs."""
 
     def __init__(self, metrics: GatewayMetrics, pipeline: Pipeline, method: str) -> None:
         self.metrics = metrics
         self.labels = (pipeline.name, str(pipeline.version))
         self.method = method
         self.result: RunResult | None = None
+        self._span_scope = tracing.pipeline_run_span(pipeline.name, pipeline.version, method)
 
     def __enter__(self) -> _Observation:
         self.start = time.perf_counter()
         self.metrics.in_flight.labels(self.method).inc()
+        self.span = self._span_scope.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self._count(exc)
+        finally:
+            result = self.result
+            outcome, code = _outcome(exc, result)
+            tracing.record_run(
+                self.span,
+                outcome=outcome,
+                code=code,
+                fallback_reason=result.fallback_reason.value if result and result.fallback_reason else "",
+                failed_stage=result.failed_stage if result else "",
+                cached=bool(result and result.cached),
+                request_id=current_request_id.get(),
+                exc=exc,
+            )
+            self._span_scope.__exit__(exc_type, exc, tb)
+
+    def _count(self, exc: BaseException | None) -> None:
         self.metrics.in_flight.labels(self.method).dec()
         elapsed = time.perf_counter() - self.start
         if exc is not None:
-            code = GRPC_CODES[exc.status].name if isinstance(exc, RagrailError) else "INTERNAL"
-            if isinstance(exc, GeneratorExit | asyncio.CancelledError):
-                code = "CANCELLED"
+            _, code = _outcome(exc, None)
             self.metrics.requests.labels(*self.labels, "error", code).inc()
             self.metrics.request_duration.labels(*self.labels, "error").observe(elapsed)
             return
@@ -233,6 +255,17 @@ class _Observation:
             self.metrics.retrieval_best_score.labels(*self.labels).observe(max(c.score for c in result.citations))
         if result.cached:
             self.metrics.cache_hits.labels(*self.labels).inc()
+
+
+def _outcome(exc: BaseException | None, result: RunResult | None) -> tuple[str, str]:
+    """(outcome, gRPC code name) of a finished request."""
+    if exc is not None:
+        if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            return "error", "CANCELLED"
+        return "error", GRPC_CODES[exc.status].name if isinstance(exc, RagrailError) else "INTERNAL"
+    if result is None:  # a stream abandoned before its final event
+        return "error", "CANCELLED"
+    return ("fallback" if result.fallback else "answered"), "OK"
 
 
 def _start_request(grpc_context: Any) -> str:

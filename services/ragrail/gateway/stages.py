@@ -43,6 +43,17 @@ class BackendOverloaded(StageFailure):
     reason = "overload"
 
 
+def timeout_error(stage: str, detail: str, deadline: Deadline) -> Exception:
+    """A stage's own timeout is a canned answer; the caller's expired deadline is an error.
+
+    When the caller's deadline is what ran out, the caller has stopped waiting:
+    DEADLINE_EXCEEDED is the truthful status, and a canned answer would race it.
+    """
+    if deadline.caller_bound and deadline.remaining() <= 0.001:
+        return DeadlineExceeded(f"deadline exceeded in stage {stage}")
+    return StageTimeout(stage, detail)
+
+
 class StageRunner:
     """Shared by all pipelines of a gateway: one breaker per backend application."""
 
@@ -67,7 +78,7 @@ class StageRunner:
         try:
             return min(stage_timeout_s, deadline.timeout(stage))
         except DeadlineExceeded:
-            raise StageTimeout(stage, "no time left before the deadline") from None
+            raise timeout_error(stage, "no time left before the deadline", deadline) from None
 
     async def call(
         self,
@@ -93,7 +104,7 @@ class StageRunner:
                     result = await fn(timeout)
             except (TimeoutError, DeadlineExceeded):
                 breaker.record_failure()
-                raise StageTimeout(stage, f"no answer from {backend} within {timeout:.2f} s") from None
+                raise timeout_error(stage, f"no answer from {backend} within {timeout:.2f} s", deadline) from None
             except ResourceExhausted as exc:
                 breaker.abandon_probe()  # busy, not down: neither healthy nor failed
                 raise BackendOverloaded(stage, exc.message) from None

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
@@ -186,15 +186,20 @@ class TextGenerator:
                 "at most 8 stop sequences of 1..64 characters")
         return max_new
 
-    def _generate_kwargs(self, prompt: _Prompt, streamer: BaseStreamer, cancel: threading.Event) -> dict:
+    def sampling_key(self, prompt: _Prompt) -> tuple[object, ...]:
+        """Requests with equal keys may share one batched ``generate`` call."""
         s = prompt.sampling
+        return (prompt.max_new_tokens, s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.seed)
+
+    def _generate_kwargs(self, prompt: _Batch, streamer: BaseStreamer, cancel: list[threading.Event]) -> dict:
+        s = prompt.rows[0].prompt.sampling  # every row of a batch shares its sampling
         kwargs: dict = {
             "input_ids": prompt.input_ids.to(self.device),
-            "attention_mask": torch.ones_like(prompt.input_ids).to(self.device),
-            "max_new_tokens": prompt.max_new_tokens,
+            "attention_mask": prompt.attention_mask.to(self.device),
+            "max_new_tokens": prompt.rows[0].prompt.max_new_tokens,
             "streamer": streamer,
             "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)]),
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            "pad_token_id": self._pad_id,
             "repetition_penalty": s.repetition_penalty,
         }
         if s.temperature > 0:
@@ -203,31 +208,48 @@ class TextGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _run(self, prompt: _Prompt, cancel: threading.Event) -> Iterator[StreamEvent]:
-        streamer = _QueueStreamer()
-        kwargs = self._generate_kwargs(prompt, streamer, cancel)
+    @property
+    def _pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id)
 
-        def work() -> None:
-            try:
-                with torch.inference_mode():
-                    if prompt.sampling.seed is not None:
-                        # torch's RNG is process-wide: hold the lock so the seed
-                        # governs this whole generation.
-                        with self._seed_lock:
-                            torch.manual_seed(prompt.sampling.seed)
-                            self.model.generate(**kwargs)
-                    else:
+    def new_row(self, prompt: _Prompt, cancel: threading.Event | None = None) -> Row:
+        return Row(prompt, cancel or threading.Event())
+
+    def run_batch(self, rows: list[Row]) -> None:
+        """Generates for every row in one ``generate`` call (blocking); tokens flow to each row."""
+        batch = _Batch(rows, self._pad_id)
+        streamer = _BatchStreamer(rows)
+        kwargs = self._generate_kwargs(batch, streamer, [row.cancel for row in rows])
+        try:
+            with torch.inference_mode():
+                seed = rows[0].prompt.sampling.seed
+                if seed is not None:
+                    # torch's RNG is process-wide: hold the lock so the seed
+                    # governs this whole generation.
+                    with self._seed_lock:
+                        torch.manual_seed(seed)
                         self.model.generate(**kwargs)
-            except BaseException as exc:  # reported to the consumer, not lost in a thread
-                streamer.fail(exc)
+                else:
+                    self.model.generate(**kwargs)
+        except BaseException as exc:  # reported to each consumer, not lost in a thread
+            streamer.fail(exc)
 
-        worker = threading.Thread(target=work, name="generate", daemon=True)
+    def _run(self, prompt: _Prompt, cancel: threading.Event) -> Iterator[StreamEvent]:
+        row = self.new_row(prompt, cancel)
+        worker = threading.Thread(target=self.run_batch, args=([row],), name="generate", daemon=True)
         worker.start()
-        decoder = _IncrementalDecoder(self.tokenizer, prompt.sampling.stop)
+        try:
+            yield from self.consume(row)
+        finally:
+            worker.join(timeout=5)
+
+    def consume(self, row: Row) -> Iterator[StreamEvent]:
+        """Turns a row's token ids into text deltas, ending with the totals."""
+        decoder = _IncrementalDecoder(self.tokenizer, row.prompt.sampling.stop)
         eos = set(_as_list(self.model.generation_config.eos_token_id))
         finish = FinishReason.LENGTH
         try:
-            for token_id in streamer:
+            for token_id in row:
                 if token_id in eos:
                     finish = FinishReason.STOP
                     break
@@ -239,64 +261,92 @@ class TextGenerator:
                     break
                 if delta:
                     yield StreamEvent(delta)
-                if cancel.is_set():
+                if row.cancel.is_set():
                     finish = FinishReason.CANCELLED
                     break
+                if decoder.token_count >= row.prompt.max_new_tokens:
+                    break  # LENGTH: in a batch, generate may run on for other rows
         finally:
             # Runs on normal end, on break, and when the consumer abandons the
-            # iterator (GeneratorExit): the model stops at its next token.
-            cancel.set()
-            worker.join(timeout=5)
+            # iterator (GeneratorExit): this row stops at the model's next token.
+            row.cancel.set()
         yield StreamEvent(
             decoder.flush(),
             finish_reason=finish,
-            prompt_tokens=prompt.token_count,
+            prompt_tokens=row.prompt.token_count,
             completion_tokens=decoder.token_count,
         )
 
 
+@dataclass
+class Row:
+    """One request inside a (possibly batched) generate call."""
+
+    prompt: _Prompt
+    cancel: threading.Event
+    tokens: queue.Queue[object] = field(default_factory=queue.Queue)
+    error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self.tokens.get()
+            if item is _END:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item  # type: ignore[misc]
+
+
+class _Batch:
+    """Left-padded inputs: decoder-only models continue from the right edge."""
+
+    def __init__(self, rows: list[Row], pad_id: int) -> None:
+        self.rows = rows
+        width = max(r.prompt.token_count for r in rows)
+        self.input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        self.attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids = row.prompt.input_ids.reshape(-1)
+            self.input_ids[i, width - len(ids) :] = ids
+            self.attention_mask[i, width - len(ids) :] = 1
+
+
 class _CancelCriteria(StoppingCriteria):
-    def __init__(self, cancel: threading.Event) -> None:
+    """Per row: a cancelled (or finished-by-consumer) row stops; the others go on."""
+
+    def __init__(self, cancel: list[threading.Event]) -> None:
         self.cancel = cancel
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
-        done = self.cancel.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)  # type: ignore[return-value]
+        return torch.tensor([c.is_set() for c in self.cancel], dtype=torch.bool)  # type: ignore[return-value]
 
 
 _END = object()
 
 
-class _QueueStreamer(BaseStreamer):
-    """Receives new token ids from ``generate`` (skipping the prompt)."""
+class _BatchStreamer(BaseStreamer):
+    """Receives each step's new token per row from ``generate`` and routes it."""
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[object] = queue.Queue()
+    def __init__(self, rows: list[Row]) -> None:
+        self._rows = rows
         self._seen_prompt = False
-        self._error: BaseException | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if not self._seen_prompt:  # generate() first hands over the prompt
             self._seen_prompt = True
             return
-        for token_id in value.reshape(-1).tolist():
-            self._queue.put(int(token_id))
+        for row, token_id in zip(self._rows, value.reshape(-1).tolist(), strict=True):
+            if not row.cancel.is_set():
+                row.tokens.put(int(token_id))
 
     def end(self) -> None:
-        self._queue.put(_END)
+        for row in self._rows:
+            row.tokens.put(_END)
 
     def fail(self, exc: BaseException) -> None:
-        self._error = exc
-        self._queue.put(_END)
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                if self._error is not None:
-                    raise self._error
-                return
-            yield item  # type: ignore[misc]
+        for row in self._rows:
+            row.error = exc
+            row.tokens.put(_END)
 
 
 class _IncrementalDecoder:
@@ -358,6 +408,36 @@ def _as_list(value: int | list[int] | None) -> list[int]:
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
+
+
+class GenerationEngine(Protocol):
+    """What the servicer needs; TextGenerator, BatchingGenerator (and e.g. a vLLM engine) provide it."""
+
+    name: str
+
+    def prepare(self, messages: Sequence[Message], sampling: Sampling) -> _Prompt: ...
+
+    def generate(
+        self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation: ...
+
+    def stream(
+        self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Iterator[StreamEvent]: ...
+
+
+def build_engine(settings: "GenerationSettings", models_dir: Path) -> GenerationEngine:
+    generator = build_generator(settings, models_dir)
+    if settings.max_batch_size <= 1:
+        return generator
+    from ragrail.generation.batching import BatchingGenerator
+
+    return BatchingGenerator(
+        generator,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_s=settings.batch_wait_s,
+        max_waiting=settings.max_waiting,
+    )
 
 
 def build_generator(settings: "GenerationSettings", models_dir: Path) -> TextGenerator:

@@ -8,7 +8,7 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.serving import replica_settings
-from ragrail.generation.core import build_generator
+from ragrail.generation.core import build_engine
 from ragrail.generation.servicer import GenerationServicer
 
 
@@ -16,7 +16,7 @@ from ragrail.generation.servicer import GenerationServicer
 class GenerationDeployment(GenerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
-        super().__init__(build_generator(s.generation, s.models_path))
+        super().__init__(build_engine(s.generation, s.models_path))
 
 
 def build_app(args: dict[str, Any]) -> Application:

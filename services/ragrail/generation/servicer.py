@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ragrail.common.grpc_errors import grpc_method, grpc_stream_method
-from ragrail.generation.core import FinishReason, Message, Sampling, TextGenerator
+from ragrail.common.service_metrics import service_metrics
+from ragrail.generation.core import FinishReason, GenerationEngine, Message, Sampling
 from ragrail.generation.v1 import generation_pb2 as pb
 from ragrail.generation.v1 import generation_pb2_grpc
 
@@ -43,7 +45,7 @@ def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, generator: TextGenerator) -> None:
+    def __init__(self, generator: GenerationEngine) -> None:
         self._generator = generator
 
     @grpc_method(pb.GenerateResponse)
@@ -54,10 +56,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         sampling = sampling_from_pb(request.sampling)
         self._generator.prepare(messages, sampling)  # validate before taking a thread
         cancel = threading.Event()
+        metrics = service_metrics("generation")
+        started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self._generator.generate, messages, sampling, cancel)
+            result = await metrics.to_thread(self._generator.generate, messages, sampling, cancel)
         finally:
             cancel.set()  # deadline or client gone: the model stops at its next token
+        metrics.observe_tokens(result.completion_tokens, time.perf_counter() - started, result.prompt_tokens)
         return pb.GenerateResponse(
             text=result.text,
             finish_reason=_FINISH[result.finish_reason],
@@ -70,6 +75,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self, request: pb.GenerateStreamRequest, grpc_context: Any = None
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         cancel = threading.Event()
+        started = time.perf_counter()
         events = self._generator.stream(
             messages_from_pb(request.messages), sampling_from_pb(request.sampling), cancel
         )
@@ -78,6 +84,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 if event.finish_reason is None:
                     yield pb.GenerateStreamResponse(delta=event.delta)
                 else:
+                    elapsed = time.perf_counter() - started
+                    metrics = service_metrics("generation")
+                    metrics.observe_model(elapsed)
+                    metrics.observe_tokens(event.completion_tokens, elapsed, event.prompt_tokens)
                     yield pb.GenerateStreamResponse(
                         delta=event.delta,
                         finish_reason=_FINISH[event.finish_reason],

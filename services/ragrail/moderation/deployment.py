@@ -17,7 +17,7 @@ from ragrail.moderation.servicer import ModerationServicer
 class ModerationDeployment(ModerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
-        super().__init__(build_moderator(s.moderation, pick_device("auto")))
+        super().__init__(build_moderator(s.moderation, pick_device("auto"), s.models_path))
 
 
 def build_app(args: dict[str, Any]) -> Application:

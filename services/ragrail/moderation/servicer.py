@@ -7,6 +7,7 @@ from typing import Any
 
 from ragrail.common.errors import InvalidArgument
 from ragrail.common.grpc_errors import grpc_method
+from ragrail.common.service_metrics import service_metrics
 from ragrail.moderation.core import Category, Moderator, Verdict
 from ragrail.moderation.v1 import moderation_pb2 as pb
 from ragrail.moderation.v1 import moderation_pb2_grpc
@@ -14,6 +15,7 @@ from ragrail.moderation.v1 import moderation_pb2_grpc
 _TO_PB = {
     Category.TOXICITY: pb.CATEGORY_TOXICITY,
     Category.PROMPT_INJECTION: pb.CATEGORY_PROMPT_INJECTION,
+    Category.PII: pb.CATEGORY_PII,
 }
 _FROM_PB = {v: k for k, v in _TO_PB.items()}
 
@@ -34,6 +36,7 @@ def verdict_to_pb(verdict: Verdict) -> pb.ModerationResult:
         ],
         flagged=verdict.flagged,
         flagged_categories=[_TO_PB[c] for c in verdict.flagged_categories],
+        pii_types=list(verdict.pii_types),
     )
 
 
@@ -46,7 +49,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServiceServicer):
         self, request: pb.ModerateRequest, grpc_context: Any = None
     ) -> pb.ModerateResponse:
         categories = [category_from_pb(c) for c in request.categories]
-        verdicts = await asyncio.to_thread(
-            self._moderator.moderate, list(request.texts), categories
+        verdicts = await service_metrics("moderation").to_thread(
+            self._moderator.moderate, list(request.texts), categories, batch_size=len(request.texts)
         )
         return pb.ModerateResponse(results=[verdict_to_pb(v) for v in verdicts])

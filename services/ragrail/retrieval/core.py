@@ -2,19 +2,24 @@
 
 ``QdrantClient(path=...)`` (embedded, the local default) and
 ``QdrantClient(url=...)`` (a server, over gRPC) are chosen by settings only.
-Every call carries a timeout; a server that cannot be reached becomes
+Every call carries a timeout: the client-wide one bounds each gRPC call's deadline
+and each REST request, and the calls that take one pass it on to the server too.
+A server that cannot be reached, or does not answer in time, becomes
 ``Unavailable`` so the gateway can answer with a fallback instead of an error.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -27,12 +32,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_INDEX_FIELDS = 64
 
 
 class Distance(enum.Enum):
     COSINE = qm.Distance.COSINE
     DOT = qm.Distance.DOT
     EUCLID = qm.Distance.EUCLID
+
+
+class IndexType(enum.Enum):
+    """Payload index kinds a collection can ask for."""
+
+    KEYWORD = qm.PayloadSchemaType.KEYWORD
+    INTEGER = qm.PayloadSchemaType.INTEGER
+    FLOAT = qm.PayloadSchemaType.FLOAT
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,9 @@ class CollectionInfo:
     dimension: int
     distance: Distance
     points_count: int
+    # Indexed payload fields -> Qdrant's schema name ("keyword", "integer", ...).
+    # Always empty in embedded mode, which keeps no payload indexes.
+    payload_indexes: dict[str, str] = field(default_factory=dict)
 
 
 class VectorStore:
@@ -97,21 +114,31 @@ class VectorStore:
         api_key: str | None = None,
         path: str | None = None,
         prefer_grpc: bool = True,
+        grpc_port: int = 6334,
         timeout_s: float = 10.0,
         max_top_k: int = 100,
         max_batch_size: int = 512,
     ) -> None:
         require(bool(url) != bool(path), "configure exactly one of a Qdrant url or an embedded path")
+        require(timeout_s > 0, f"timeout_s must be positive, got {timeout_s}")
         self.embedded = url is None
         self.timeout_s = timeout_s
+        # qdrant-client takes whole seconds; round up so 0.5 s does not become "no timeout".
+        self._timeout = max(1, math.ceil(timeout_s))
         self.max_top_k = max_top_k
         self.max_batch_size = max_batch_size
         self._dimensions: dict[str, int] = {}
         if url:
+            self.where = _describe_server(url, prefer_grpc, grpc_port)
             self._client = QdrantClient(
-                url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=int(max(1, timeout_s))
+                url=url,
+                api_key=api_key,
+                prefer_grpc=prefer_grpc,
+                grpc_port=grpc_port,
+                timeout=self._timeout,
             )
         else:
+            self.where = f"embedded store {path}"
             self._client = QdrantClient(path=path)
 
     def close(self) -> None:
@@ -123,10 +150,20 @@ class VectorStore:
         dimension: int,
         distance: Distance = Distance.COSINE,
         keyword_index_fields: Sequence[str] = (),
+        integer_index_fields: Sequence[str] = (),
+        float_index_fields: Sequence[str] = (),
     ) -> bool:
-        """Creates the collection unless it exists; returns whether it was created."""
+        """Creates the collection unless it exists; returns whether it was created.
+
+        On a server, the payload indexes asked for are created too, on an existing
+        collection as well (so a field indexed in a later release gets its index).
+        Embedded Qdrant keeps no payload indexes, so there they are only validated.
+        """
         _check_collection_name(name)
         require(0 < dimension <= 65536, f"dimension must be in 1..65536, got {dimension}")
+        wanted = _index_plan(keyword_index_fields, integer_index_fields, float_index_fields)
+        created = False
+        indexed: dict[str, str] = {}
         if self._call(lambda: self._client.collection_exists(name)):
             existing = self.describe(name)
             require(
@@ -134,34 +171,67 @@ class VectorStore:
                 f"collection {name} exists with dimension {existing.dimension} and "
                 f"{existing.distance.name.lower()} distance",
             )
-            return False
-        self._call(
-            lambda: self._client.create_collection(
-                name, vectors_config=qm.VectorParams(size=dimension, distance=distance.value)
-            )
-        )
-        self._dimensions[name] = dimension  # it may have existed before with another one
-        # Embedded Qdrant ignores payload indexes (and warns); a server needs them
-        # so that filtered searches stay fast on large collections.
-        for key in keyword_index_fields if not self.embedded else ():
+            indexed = existing.payload_indexes
+        else:
             self._call(
-                lambda key=key: self._client.create_payload_index(
-                    name, field_name=key, field_schema=qm.PayloadSchemaType.KEYWORD
+                lambda: self._client.create_collection(
+                    name,
+                    vectors_config=qm.VectorParams(size=dimension, distance=distance.value),
+                    timeout=self._timeout,
                 )
             )
-        return True
+            self._dimensions[name] = dimension  # it may have existed before with another one
+            created = True
+        if self.embedded:
+            return created  # it would only warn that indexes have no effect
+        for key, kind in wanted.items():
+            have = indexed.get(key)
+            if have == kind.value.value:
+                continue
+            require(
+                have is None,
+                f"payload field {key!r} of collection {name} is indexed as {have}, "
+                f"not {kind.name.lower()}",
+            )
+            # Without these, a filtered search on a large collection scans payloads.
+            self._call(
+                lambda key=key, kind=kind: self._client.create_payload_index(
+                    name, field_name=key, field_schema=kind.value, wait=True, timeout=self._timeout
+                ),
+                collection=name,
+            )
+        return created
 
     def describe(self, name: str) -> CollectionInfo:
         _check_collection_name(name)
         info = self._call(lambda: self._client.get_collection(name), collection=name)
         params = info.config.params.vectors
         assert isinstance(params, qm.VectorParams)  # we only create single-vector collections
+        indexes = {
+            key: str(getattr(schema.data_type, "value", schema.data_type))
+            for key, schema in (info.payload_schema or {}).items()
+        }
+        # The collection info's points_count is approximate on a server; count exactly.
+        counted = self._call(
+            lambda: self._client.count(name, exact=True, timeout=self._timeout), collection=name
+        )
         return CollectionInfo(
             name=name,
             dimension=params.size,
             distance=Distance(params.distance),
-            points_count=int(info.points_count or 0),
+            points_count=int(counted.count),
+            payload_indexes=indexes,
         )
+
+    def delete_collection(self, name: str) -> None:
+        """Drops a collection and its points; NotFound when there is none."""
+        _check_collection_name(name)
+        existed = self._call(
+            lambda: self._client.delete_collection(name, timeout=self._timeout), collection=name
+        )
+        self._dimensions.pop(name, None)
+        if not existed:
+            raise NotFound(f"collection {name} does not exist")
 
     def _dimension(self, collection: str) -> int:
         # Cached: collections are not resized, and a deleted one raises NotFound below.
@@ -184,7 +254,8 @@ class VectorStore:
             for i, p in enumerate(points)
         ]
         self._call(
-            lambda: self._client.upsert(collection, points=structs, wait=True), collection=collection
+            lambda: self._client.upsert(collection, points=structs, wait=True, timeout=self._timeout),
+            collection=collection,
         )
         return len(structs)
 
@@ -209,7 +280,7 @@ class VectorStore:
                 score_threshold=score_threshold,
                 query_filter=to_qdrant_filter(filter),
                 with_payload=list(payload_fields) if payload_fields else True,
-                timeout=int(max(1, self.timeout_s)),
+                timeout=self._timeout,
             ),
             collection=collection,
         )
@@ -225,14 +296,19 @@ class VectorStore:
             checked = [_check_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
             self._call(
                 lambda: self._client.delete(
-                    collection, points_selector=qm.PointIdsList(points=checked), wait=True
+                    collection,
+                    points_selector=qm.PointIdsList(points=checked),
+                    wait=True,
+                    timeout=self._timeout,
                 ),
                 collection=collection,
             )
         if has_filter:
             selector = qm.FilterSelector(filter=to_qdrant_filter(filter))
             self._call(
-                lambda: self._client.delete(collection, points_selector=selector, wait=True),
+                lambda: self._client.delete(
+                    collection, points_selector=selector, wait=True, timeout=self._timeout
+                ),
                 collection=collection,
             )
 
@@ -240,12 +316,18 @@ class VectorStore:
         """Runs a Qdrant call and maps its failures to statuses."""
         try:
             return fn()
-        except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
-            raise Unavailable(f"Qdrant is unavailable: {type(exc).__name__}") from exc
+        except ResponseHandlingException as exc:
+            raise self._unavailable(_transport_reason(exc.source, self._timeout)) from exc
+        except (ConnectionError, TimeoutError) as exc:
+            raise self._unavailable(_transport_reason(exc, self._timeout)) from exc
         except UnexpectedResponse as exc:
             if exc.status_code == 404:
                 self._dimensions.pop(collection or "", None)
                 raise NotFound(f"collection {collection} does not exist") from exc
+            if exc.status_code in (401, 403):
+                raise self._unavailable(f"it refused our API key (HTTP {exc.status_code})") from exc
+            if exc.status_code is not None and exc.status_code >= 500:
+                raise self._unavailable(f"HTTP {exc.status_code}: {_reason(exc)}") from exc
             raise InvalidArgument(f"Qdrant rejected the request: {_reason(exc)}") from exc
         except ValueError as exc:
             # Embedded mode raises ValueError for a missing collection and bad vectors.
@@ -256,11 +338,16 @@ class VectorStore:
             raise InvalidArgument(f"Qdrant rejected the request: {text.splitlines()[0]}") from exc
         except Exception as exc:
             if _is_grpc_error(exc):
-                error = _from_grpc(exc, collection)
+                error = _from_grpc(exc, collection, self._timeout)
                 if isinstance(error, NotFound):
                     self._dimensions.pop(collection or "", None)
+                elif isinstance(error, Unavailable):
+                    error = self._unavailable(error.message)
                 raise error from exc
             raise
+
+    def _unavailable(self, why: str) -> Unavailable:
+        return Unavailable(f"Qdrant is unavailable ({self.where}): {why}")
 
 
 def to_qdrant_filter(filter: Filter | None) -> qm.Filter | None:
@@ -316,21 +403,72 @@ def _check_id(value: str, where: str) -> str:
 
 
 def _reason(exc: UnexpectedResponse) -> str:
+    """Qdrant's own error text ({"status": {"error": ...}}), else the raw body, one line."""
     content = exc.content.decode(errors="replace") if exc.content else exc.reason_phrase
+    try:
+        content = str(json.loads(content)["status"]["error"])
+    except (ValueError, KeyError, TypeError):
+        pass
     return " ".join(content.split())[:200]
+
+
+def _describe_server(url: str, prefer_grpc: bool, grpc_port: int) -> str:
+    """Where the data calls go, for error messages (no credentials, no path)."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    if prefer_grpc:
+        return f"gRPC {host}:{grpc_port}"
+    return f"{parts.scheme or 'http'}://{host}:{parts.port or 6333}"
+
+
+def _index_plan(
+    keyword: Sequence[str], integer: Sequence[str], floats: Sequence[str]
+) -> dict[str, IndexType]:
+    plan: dict[str, IndexType] = {}
+    for kind, keys in ((IndexType.KEYWORD, keyword), (IndexType.INTEGER, integer), (IndexType.FLOAT, floats)):
+        for key in keys:
+            require(bool(key) and key == key.strip(), f"invalid payload index field {key!r}")
+            other = plan.setdefault(key, kind)
+            require(
+                other is kind,
+                f"payload field {key!r} asked to be indexed as both {other.name.lower()} "
+                f"and {kind.name.lower()}",
+            )
+    require(len(plan) <= MAX_INDEX_FIELDS, f"at most {MAX_INDEX_FIELDS} payload index fields")
+    return plan
+
+
+def _transport_reason(exc: BaseException, timeout: int) -> str:
+    """Why a request never got an answer: httpx's and the standard library's errors."""
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, TimeoutError):
+        return f"no answer within {timeout}s"
+    if "Connect" in name or isinstance(exc, ConnectionError):
+        return "cannot connect"
+    return f"request failed ({name})"
 
 
 def _is_grpc_error(exc: Exception) -> bool:
     return type(exc).__module__.startswith("grpc") and hasattr(exc, "code")
 
 
-def _from_grpc(exc: Any, collection: str | None) -> Exception:
+_GRPC_REJECTED = {"INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "ALREADY_EXISTS"}
+
+
+def _from_grpc(exc: Any, collection: str | None, timeout: int) -> Exception:
     name = exc.code().name
-    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        return Unavailable(f"Qdrant is unavailable: {name}")
     if name == "NOT_FOUND":
         return NotFound(f"collection {collection} does not exist")
-    return InvalidArgument(f"Qdrant rejected the request: {exc.details()}")
+    if name in _GRPC_REJECTED:
+        return InvalidArgument(f"Qdrant rejected the request: {exc.details()}")
+    # Everything else is Qdrant's problem or ours to configure, not the caller's.
+    if name == "UNAVAILABLE":
+        return Unavailable("cannot connect (UNAVAILABLE)")
+    if name == "DEADLINE_EXCEEDED":
+        return Unavailable(f"no answer within {timeout}s (DEADLINE_EXCEEDED)")
+    if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return Unavailable(f"it refused our API key ({name})")
+    return Unavailable(f"{name}: {exc.details()}")
 
 
 def build_store(settings: "RetrievalSettings", qdrant_path: Path) -> VectorStore:
@@ -339,6 +477,7 @@ def build_store(settings: "RetrievalSettings", qdrant_path: Path) -> VectorStore
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key,
             prefer_grpc=settings.prefer_grpc,
+            grpc_port=settings.grpc_port,
             timeout_s=settings.timeout_s,
             max_top_k=settings.max_top_k,
             max_batch_size=settings.max_batch_size,

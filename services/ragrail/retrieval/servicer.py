@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2
 
 from ragrail.common.errors import InvalidArgument
 from ragrail.common.grpc_errors import grpc_method
+from ragrail.common.service_metrics import service_metrics
 from ragrail.retrieval.core import Condition, Distance, Filter, Point, Range, VectorStore
 from ragrail.retrieval.v1 import retrieval_pb2 as pb
 from ragrail.retrieval.v1 import retrieval_pb2_grpc
@@ -85,7 +86,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         )
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await service_metrics("retrieval").run_in_executor(self._executor, fn)  # Qdrant latency, queue wait
 
     @grpc_method(pb.CreateCollectionResponse)
     async def CreateCollection(
@@ -96,7 +97,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 request.collection,
                 request.dimension,
                 _DISTANCES.get(request.distance, Distance.COSINE),
-                list(request.keyword_index_fields),
+                keyword_index_fields=list(request.keyword_index_fields),
+                integer_index_fields=list(request.integer_index_fields),
+                float_index_fields=list(request.float_index_fields),
             )
         )
         return pb.CreateCollectionResponse(created=created)
@@ -110,7 +113,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             dimension=info.dimension,
             distance=_DISTANCES_PB[info.distance],
             points_count=info.points_count,
+            payload_indexes=info.payload_indexes,
         )
+
+    @grpc_method(pb.DeleteCollectionResponse)
+    async def DeleteCollection(
+        self, request: pb.DeleteCollectionRequest, grpc_context: Any = None
+    ) -> pb.DeleteCollectionResponse:
+        await self._run(lambda: self._store.delete_collection(request.collection))
+        return pb.DeleteCollectionResponse()
 
     @grpc_method(pb.UpsertResponse)
     async def Upsert(self, request: pb.UpsertRequest, grpc_context: Any = None) -> pb.UpsertResponse:

@@ -108,7 +108,7 @@ app.kubernetes.io/component: ray
 
 {{- define "ragrail.qdrantUrl" -}}
 {{- if .Values.qdrant.enabled -}}
-{{- printf "http://%s:6334" (include "ragrail.qdrantFullname" .) -}}
+{{- printf "http://%s:6333" (include "ragrail.qdrantFullname" .) -}}
 {{- else -}}
 {{- .Values.externalQdrant.url -}}
 {{- end -}}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ragrail/embedding/v1/embedding.proto\x12\x14ragrail.embedding.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"f\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragrail.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r2d\n\x10\x45mbeddingService\x12P\n\x05\x45mbed\x12\".ragrail.embedding.v1.EmbedRequest\x1a#.ragrail.embedding.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ragrail/embedding/v1/embedding.proto\x12\x14ragrail.embedding.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"}\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragrail.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\t2d\n\x10\x45mbeddingService\x12P\n\x05\x45mbed\x12\".ragrail.embedding.v1.EmbedRequest\x1a#.ragrail.embedding.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING']._serialized_start=93
   _globals['_EMBEDDING']._serialized_end=160
   _globals['_EMBEDRESPONSE']._serialized_start=162
-  _globals['_EMBEDRESPONSE']._serialized_end=264
-  _globals['_EMBEDDINGSERVICE']._serialized_start=266
-  _globals['_EMBEDDINGSERVICE']._serialized_end=366
+  _globals['_EMBEDRESPONSE']._serialized_end=287
+  _globals['_EMBEDDINGSERVICE']._serialized_start=289
+  _globals['_EMBEDDINGSERVICE']._serialized_end=389
 # @@protoc_insertion_point(module_scope)

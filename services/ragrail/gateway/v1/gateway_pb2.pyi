@@ -194,12 +194,21 @@ class CircuitInfo(_message.Message):
     def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "status")
+    __slots__ = ("name", "status", "replicas")
+    class ReplicasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: str
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    replicas: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., replicas: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("name", "weights")

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&ragrail/moderation/v1/moderation.proto\x12\x15ragrail.moderation.v1\"U\n\x0fModerateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ncategories\x18\x02 \x03(\x0e\x32\x1f.ragrail.moderation.v1.Category\"u\n\rCategoryScore\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1f.ragrail.moderation.v1.Category\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x0f\n\x07\x66lagged\x18\x04 \x01(\x08\"\x96\x01\n\x10ModerationResult\x12\x34\n\x06scores\x18\x01 \x03(\x0b\x32$.ragrail.moderation.v1.CategoryScore\x12\x0f\n\x07\x66lagged\x18\x02 \x01(\x08\x12;\n\x12\x66lagged_categories\x18\x03 \x03(\x0e\x32\x1f.ragrail.moderation.v1.Category\"L\n\x10ModerateResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.ragrail.moderation.v1.ModerationResult*Z\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_TOXICITY\x10\x01\x12\x1d\n\x19\x43\x41TEGORY_PROMPT_INJECTION\x10\x02\x32p\n\x11ModerationService\x12[\n\x08Moderate\x12&.ragrail.moderation.v1.ModerateRequest\x1a\'.ragrail.moderation.v1.ModerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&ragrail/moderation/v1/moderation.proto\x12\x15ragrail.moderation.v1\"U\n\x0fModerateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x33\n\ncategories\x18\x02 \x03(\x0e\x32\x1f.ragrail.moderation.v1.Category\"u\n\rCategoryScore\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1f.ragrail.moderation.v1.Category\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x0f\n\x07\x66lagged\x18\x04 \x01(\x08\"\xa9\x01\n\x10ModerationResult\x12\x34\n\x06scores\x18\x01 \x03(\x0b\x32$.ragrail.moderation.v1.CategoryScore\x12\x0f\n\x07\x66lagged\x18\x02 \x01(\x08\x12;\n\x12\x66lagged_categories\x18\x03 \x03(\x0e\x32\x1f.ragrail.moderation.v1.Category\x12\x11\n\tpii_types\x18\x04 \x03(\t\"L\n\x10ModerateResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.ragrail.moderation.v1.ModerationResult*l\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_TOXICITY\x10\x01\x12\x1d\n\x19\x43\x41TEGORY_PROMPT_INJECTION\x10\x02\x12\x10\n\x0c\x43\x41TEGORY_PII\x10\x03\x32p\n\x11ModerationService\x12[\n\x08Moderate\x12&.ragrail.moderation.v1.ModerateRequest\x1a\'.ragrail.moderation.v1.ModerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragrail.moderation.v1.moderation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CATEGORY']._serialized_start=502
-  _globals['_CATEGORY']._serialized_end=592
+  _globals['_CATEGORY']._serialized_start=521
+  _globals['_CATEGORY']._serialized_end=629
   _globals['_MODERATEREQUEST']._serialized_start=65
   _globals['_MODERATEREQUEST']._serialized_end=150
   _globals['_CATEGORYSCORE']._serialized_start=152
   _globals['_CATEGORYSCORE']._serialized_end=269
   _globals['_MODERATIONRESULT']._serialized_start=272
-  _globals['_MODERATIONRESULT']._serialized_end=422
-  _globals['_MODERATERESPONSE']._serialized_start=424
-  _globals['_MODERATERESPONSE']._serialized_end=500
-  _globals['_MODERATIONSERVICE']._serialized_start=594
-  _globals['_MODERATIONSERVICE']._serialized_end=706
+  _globals['_MODERATIONRESULT']._serialized_end=441
+  _globals['_MODERATERESPONSE']._serialized_start=443
+  _globals['_MODERATERESPONSE']._serialized_end=519
+  _globals['_MODERATIONSERVICE']._serialized_start=631
+  _globals['_MODERATIONSERVICE']._serialized_end=743
 # @@protoc_insertion_point(module_scope)

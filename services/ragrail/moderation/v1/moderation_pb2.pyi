@@ -12,9 +12,11 @@ class Category(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CATEGORY_UNSPECIFIED: _ClassVar[Category]
     CATEGORY_TOXICITY: _ClassVar[Category]
     CATEGORY_PROMPT_INJECTION: _ClassVar[Category]
+    CATEGORY_PII: _ClassVar[Category]
 CATEGORY_UNSPECIFIED: Category
 CATEGORY_TOXICITY: Category
 CATEGORY_PROMPT_INJECTION: Category
+CATEGORY_PII: Category
 
 class ModerateRequest(_message.Message):
     __slots__ = ("texts", "categories")
@@ -37,14 +39,16 @@ class CategoryScore(_message.Message):
     def __init__(self, category: _Optional[_Union[Category, str]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
 
 class ModerationResult(_message.Message):
-    __slots__ = ("scores", "flagged", "flagged_categories")
+    __slots__ = ("scores", "flagged", "flagged_categories", "pii_types")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PII_TYPES_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[CategoryScore]
     flagged: bool
     flagged_categories: _containers.RepeatedScalarFieldContainer[Category]
-    def __init__(self, scores: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., flagged: _Optional[bool] = ..., flagged_categories: _Optional[_Iterable[_Union[Category, str]]] = ...) -> None: ...
+    pii_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, scores: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., flagged: _Optional[bool] = ..., flagged_categories: _Optional[_Iterable[_Union[Category, str]]] = ..., pii_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModerateResponse(_message.Message):
     __slots__ = ("results",)

@@ -20,16 +20,20 @@ DISTANCE_DOT: Distance
 DISTANCE_EUCLID: Distance
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("collection", "dimension", "distance", "keyword_index_fields")
+    __slots__ = ("collection", "dimension", "distance", "keyword_index_fields", "integer_index_fields", "float_index_fields")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     KEYWORD_INDEX_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_INDEX_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_INDEX_FIELDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     dimension: int
     distance: Distance
     keyword_index_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., keyword_index_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    integer_index_fields: _containers.RepeatedScalarFieldContainer[str]
+    float_index_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., keyword_index_fields: _Optional[_Iterable[str]] = ..., integer_index_fields: _Optional[_Iterable[str]] = ..., float_index_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("created",)
@@ -44,14 +48,33 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class DescribeCollectionResponse(_message.Message):
-    __slots__ = ("dimension", "distance", "points_count")
+    __slots__ = ("dimension", "distance", "points_count", "payload_indexes")
+    class PayloadIndexesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_INDEXES_FIELD_NUMBER: _ClassVar[int]
     dimension: int
     distance: Distance
     points_count: int
-    def __init__(self, dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., points_count: _Optional[int] = ...) -> None: ...
+    payload_indexes: _containers.ScalarMap[str, str]
+    def __init__(self, dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., points_count: _Optional[int] = ..., payload_indexes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DeleteCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class DeleteCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("id", "vector", "payload")

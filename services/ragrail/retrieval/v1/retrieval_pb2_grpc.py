@@ -45,6 +45,11 @@ class RetrievalServiceStub:
                 request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionRequest.SerializeToString,
                 response_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionResponse.FromString,
                 _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/ragrail.retrieval.v1.RetrievalService/DeleteCollection',
+                request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
         self.Upsert = channel.unary_unary(
                 '/ragrail.retrieval.v1.RetrievalService/Upsert',
                 request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.UpsertRequest.SerializeToString,
@@ -74,7 +79,14 @@ class RetrievalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribeCollection(self, request, context):
-        """Describes a collection: dimension, distance, number of points.
+        """Describes a collection: dimension, distance, number of points, payload indexes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Drops a collection and every point in it; NOT_FOUND when there is no such collection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +125,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.DescribeCollection,
                     request_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionRequest.FromString,
                     response_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionResponse.SerializeToString,
             ),
             'Upsert': grpc.unary_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -185,6 +202,33 @@ class RetrievalService:
             '/ragrail.retrieval.v1.RetrievalService/DescribeCollection',
             ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionRequest.SerializeToString,
             ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DescribeCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.retrieval.v1.RetrievalService/DeleteCollection',
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionRequest.SerializeToString,
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

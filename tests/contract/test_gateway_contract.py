@@ -1,0 +1,445 @@
+"""The real gateway gRPC server (port 0) over the unit fakes, called through the generated stub.
+
+Each test starts its own gateway with its own pipelines folder and data dir
+(see gateway_fixtures.py): auth and rate limits, TLS and mTLS, admission,
+feedback, status and circuits, hot reload, streaming and deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+import yaml
+
+from ragrail.gateway.auth import hash_key
+from ragrail.gateway.feedback import FeedbackStore
+from ragrail.gateway.v1 import gateway_pb2 as pb
+from tests.contract.gateway_fixtures import GatewayFactory, Harness, make_pki, spec, write_spec
+from tests.unit.fakes import FakeGeneration, FakeStack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+QUERY = "What is the capital of France?"
+ANSWER = "A scripted answer."
+KEY_A = "rg_contract_key_a"
+KEY_B = "rg_contract_key_b"
+KEY_C = "rg_contract_key_c"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateways(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    factory = GatewayFactory(tmp_path)
+    yield factory
+    await factory.close()
+
+
+def run(pipeline: str = "rag", query: str = QUERY) -> pb.RunRequest:
+    return pb.RunRequest(pipeline=pipeline, query=query)
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+def assert_clean_error(err: grpc.aio.AioRpcError, code: grpc.StatusCode, *fragments: str) -> None:
+    assert err.code() == code, f"{err.code()}: {err.details()}"
+    details = err.details() or ""
+    assert details and "\n" not in details and "Traceback" not in details, details
+    for fragment in fragments:
+        assert fragment in details, details
+
+
+def retry_after(err: grpc.aio.AioRpcError) -> int:
+    values = [v for k, v in (err.trailing_metadata() or ()) if k == "retry-after"]
+    assert len(values) == 1, err.trailing_metadata()
+    assert values[0].isdigit(), values
+    return int(values[0])
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+# -- 1. auth -----------------------------------------------------------------------------
+
+
+def key_entry(name: str, secret: str, pipelines: list[str], *, rate_per_s: float, burst: int) -> dict[str, Any]:
+    return {"name": name, "sha256": hash_key(secret), "pipelines": pipelines, "rate_per_s": rate_per_s, "burst": burst}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def auth_gw(gateways: GatewayFactory, tmp_path: Path) -> Harness:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    key_entry("alpha", KEY_A, ["rag"], rate_per_s=1000, burst=1000),
+                    key_entry("bravo", KEY_B, ["other"], rate_per_s=1000, burst=1000),
+                    key_entry("charlie", KEY_C, ["rag"], rate_per_s=1, burst=2),
+                ]
+            }
+        )
+    )
+    return await gateways([spec("rag")], gateway={"auth": {"enabled": True, "keys_file": str(keys)}})
+
+
+async def test_auth_rejects_missing_and_wrong_keys(auth_gw: Harness) -> None:
+    stub = auth_gw.stub()
+    err = await rpc_error(stub.Run(run(), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.UNAUTHENTICATED, "authorization")
+    err = await rpc_error(stub.Run(run(), metadata=bearer("rg_not_a_key"), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
+    err = await rpc_error(stub.Status(pb.StatusRequest(), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.UNAUTHENTICATED)
+    assert auth_gw.stack.generation.faults.attempts == 0
+
+
+async def test_auth_authorizes_per_pipeline(auth_gw: Harness) -> None:
+    stub = auth_gw.stub()
+    err = await rpc_error(stub.Run(run(), metadata=bearer(KEY_B), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.PERMISSION_DENIED, "bravo", "rag")
+    assert KEY_B not in (err.details() or "")
+
+    response = await stub.Run(run(), metadata=bearer(KEY_A), timeout=5)
+    assert (response.answer, response.pipeline, response.pipeline_version) == (ANSWER, "rag", 1)
+    assert not response.fallback
+
+    err = await rpc_error(
+        stub.Ingest(
+            pb.IngestRequest(documents=[pb.Document(document_id="x.md", text="Some text.")]),
+            metadata=bearer(KEY_A),
+            timeout=5,
+        )
+    )
+    assert_clean_error(err, grpc.StatusCode.PERMISSION_DENIED, "ingest")
+
+
+async def test_auth_rate_limit_sends_retry_after(auth_gw: Harness) -> None:
+    stub = auth_gw.stub()
+    for _ in range(2):  # the burst
+        response = await stub.Run(run(), metadata=bearer(KEY_C), timeout=5)
+        assert response.answer == ANSWER
+    err = await rpc_error(stub.Run(run(), metadata=bearer(KEY_C), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit", "charlie")
+    assert retry_after(err) >= 1
+    # Another key is not affected by charlie's bucket.
+    assert (await stub.Run(run(), metadata=bearer(KEY_A), timeout=5)).answer == ANSWER
+
+
+# -- 2. TLS and mTLS ------------------------------------------------------------------------
+
+
+def tls_channel(
+    h: Harness, ca: Path, cert: Path | None = None, key: Path | None = None
+) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    channel = grpc.aio.secure_channel(
+        h.address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+    h.channels.append(channel)
+    return channel
+
+
+async def test_tls_serves_trusting_clients_and_refuses_plaintext(gateways: GatewayFactory, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    h = await gateways(
+        [spec("rag")], gateway={"tls": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}}
+    )
+    secure = h.stub(tls_channel(h, pki.ca_cert))
+    response = await secure.Run(run(), timeout=5)
+    assert response.answer == ANSWER
+
+    err = await rpc_error(h.stub().Run(run(), timeout=5))  # plaintext
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+
+
+async def test_mtls_requires_a_client_certificate_from_the_ca(gateways: GatewayFactory, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    h = await gateways(
+        [spec("rag")],
+        gateway={
+            "tls": {
+                "cert_file": str(pki.server_cert),
+                "key_file": str(pki.server_key),
+                "client_ca_file": str(pki.ca_cert),
+            }
+        },
+    )
+    err = await rpc_error(h.stub(tls_channel(h, pki.ca_cert)).Run(run(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    stranger = tls_channel(h, pki.ca_cert, pki.other_client_cert, pki.other_client_key)
+    err = await rpc_error(h.stub(stranger).Run(run(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+
+    client = tls_channel(h, pki.ca_cert, pki.client_cert, pki.client_key)
+    response = await h.stub(client).Run(run(), timeout=5)
+    assert response.answer == ANSWER
+    assert h.stack.generation.calls == 1
+
+
+# -- 3. admission --------------------------------------------------------------------------
+
+
+async def test_admission_queues_one_then_refuses_with_retry_after(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("adm", admission={"max_in_flight": 1, "max_queue": 1})])
+    generation = h.stack.generation
+    generation.faults.hang()  # every generate blocks until release()
+    admission = h.gateway.servicer.state.registry.admissions["adm@1"]
+    stub = h.stub()
+
+    first = asyncio.ensure_future(stub.Run(run("adm"), timeout=10))
+    await eventually(lambda: generation.faults.hanging == 1)
+    second = asyncio.ensure_future(stub.Run(run("adm"), timeout=10))
+    await eventually(lambda: admission.queued == 1)
+
+    err = await rpc_error(stub.Run(run("adm"), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.RESOURCE_EXHAUSTED, "adm@1", "capacity")
+    assert retry_after(err) >= 1
+    assert generation.faults.attempts == 1  # the refused call never reached a backend
+
+    generation.faults.release()
+    responses = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [r.answer for r in responses] == [ANSWER, ANSWER]
+    assert not any(r.fallback for r in responses)
+    assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+# -- 4. feedback ---------------------------------------------------------------------------
+
+
+async def test_feedback_is_matched_validated_and_stored(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("rag")])
+    stub = h.stub()
+    response = await stub.Run(run(), timeout=5)
+    assert response.request_id
+
+    fb = await stub.Feedback(pb.FeedbackRequest(request_id=response.request_id, rating=4, comment="ok"), timeout=5)
+    assert fb.matched_request
+
+    err = await rpc_error(stub.Feedback(pb.FeedbackRequest(request_id=response.request_id, rating=9), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.INVALID_ARGUMENT, "rating")
+
+    fb = await stub.Feedback(pb.FeedbackRequest(request_id="no-such-request", rating=2), timeout=5)
+    assert not fb.matched_request
+
+    assert h.settings.feedback_path == h.data_dir / "feedback.sqlite3"
+    with FeedbackStore(h.settings.feedback_path) as store:
+        summary = {(s.pipeline, s.version): (s.count, s.mean_rating) for s in store.summary()}
+    assert summary == {("rag", 1): (1, 4.0), (None, None): (1, 2.0)}
+    assert h.sample("ragrail_gateway_feedback_total", {"pipeline": "rag", "version": "1", "rating": "4"}) == 1
+
+
+# -- 5. status and circuits ------------------------------------------------------------------
+
+
+async def test_status_lists_pipelines_routes_and_opens_circuits(gateways: GatewayFactory) -> None:
+    h = await gateways(
+        [spec("rag", 1), spec("rag", 2)],
+        routes={"rag": {1: 90, 2: 10}},
+        gateway={"resilience": {"failure_threshold": 2, "cooldown_s": 60}},
+    )
+    stub = h.stub()
+    status = await stub.Status(pb.StatusRequest(), timeout=5)
+    assert [(p.name, p.version, p.is_default) for p in status.pipelines] == [("rag", 1, True), ("rag", 2, False)]
+    assert [(r.name, dict(r.weights)) for r in status.routes] == [("rag", {1: 90, 2: 10})]
+    assert {c.service: c.state for c in status.circuits} == {
+        s: "closed" for s in ("embedding", "generation", "moderation", "retrieval")
+    }
+    assert status.last_reload_error == ""
+
+    embedding = h.stack.embedding
+    embedding.faults.unavailable()  # from now on
+    response = await stub.Run(run("rag@1"), timeout=5)
+    assert response.fallback_reason == pb.FALLBACK_REASON_BACKEND_UNAVAILABLE
+    assert response.failed_stage == "embed"
+    for _ in range(3):  # the retry budget may or may not allow the retry that reaches the threshold
+        status = await stub.Status(pb.StatusRequest(), timeout=5)
+        if {c.service: c.state for c in status.circuits}["embedding"] == "open":
+            break
+        await stub.Run(run("rag@1"), timeout=5)
+    states = {c.service: c.state for c in status.circuits}
+    assert states == {"embedding": "open", "generation": "closed", "moderation": "closed", "retrieval": "closed"}
+    assert h.sample("ragrail_gateway_circuit_state", {"service": "embedding"}) == 2
+    assert h.sample("ragrail_gateway_circuit_state", {"service": "generation"}) == 0
+
+    attempts = embedding.faults.attempts
+    response = await stub.Run(run("rag@2"), timeout=5)
+    assert response.fallback and response.fallback_reason == pb.FALLBACK_REASON_BACKEND_UNAVAILABLE
+    assert response.answer == "The service is temporarily unavailable. Please try again shortly."
+    assert embedding.faults.attempts == attempts  # the open circuit answered, not the backend
+    assert h.stack.generation.faults.attempts == 0
+
+
+# -- 6. reload -----------------------------------------------------------------------------
+
+
+async def test_reload_applies_good_folders_and_rejects_broken_ones(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("rag", 1)])
+    stub = h.stub()
+    h.stack.generation.respond = lambda messages, params: f"tokens={params.max_new_tokens}"
+    assert (await stub.Run(run("rag"), timeout=5)).pipeline_version == 1
+    err = await rpc_error(stub.Run(run("rag@2"), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.NOT_FOUND, "rag@2")
+
+    write_spec(h.pipelines_dir, spec("rag", 2, generation={"max_new_tokens": 42}))
+    assert h.gateway.reload() is True
+    response = await stub.Run(run("rag"), timeout=5)
+    assert (response.pipeline_version, response.answer) == (2, "tokens=42")
+    assert h.sample("ragrail_gateway_pipeline_reloads_total", {"result": "applied"}) == 1
+
+    rejected = h.sample("ragrail_gateway_pipeline_reloads_total", {"result": "rejected"})
+    (h.pipelines_dir / "broken@1.yaml").write_text("name: broken\nversion: 1\nkind: rag\nbogus_field: 1\n")
+    assert h.gateway.reload() is False
+    status = await stub.Status(pb.StatusRequest(), timeout=5)
+    assert "broken@1.yaml" in status.last_reload_error
+    assert "\n" not in status.last_reload_error
+    assert [(p.name, p.version) for p in status.pipelines] == [("rag", 1), ("rag", 2)]
+    assert h.sample("ragrail_gateway_pipeline_reloads_total", {"result": "rejected"}) == rejected + 1
+    for ref, version in (("rag@1", 1), ("rag@2", 2), ("rag", 2)):
+        assert (await stub.Run(run(ref), timeout=5)).pipeline_version == version
+    err = await rpc_error(stub.Run(run("broken"), timeout=5))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+    (h.pipelines_dir / "broken@1.yaml").unlink()
+    assert h.gateway.reload() is True
+    assert (await stub.Status(pb.StatusRequest(), timeout=5)).last_reload_error == ""
+
+
+# -- 7. streaming --------------------------------------------------------------------------
+
+
+async def test_run_stream_yields_deltas_then_one_final(gateways: GatewayFactory) -> None:
+    stack = FakeStack(generation=FakeGeneration(stream_deltas=["Paris ", "is ", "the ", "capital."]))
+    h = await gateways([spec("rag")], stack=stack)
+    events = [e async for e in h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=5)]
+    assert [e.WhichOneof("event") for e in events] == ["delta"] * 4 + ["final"]
+    assert [e.delta for e in events[:-1]] == ["Paris ", "is ", "the ", "capital."]
+    final = events[-1]
+    assert final.final.answer == "Paris is the capital."
+    assert (final.final.pipeline, final.final.pipeline_version, final.final.fallback) == ("rag", 1, False)
+    assert final.final.request_id
+    assert stack.generation.streams[-1].finished
+
+
+async def test_cancelling_run_stream_cancels_the_generation_stream(gateways: GatewayFactory) -> None:
+    stack = FakeGeneration(stream_deltas=["one ", "two ", "three "], stream_stall_after=1)
+    h = await gateways([spec("rag")], stack=FakeStack(generation=stack))
+    call = h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=10)
+    first = await call.read()
+    assert first.delta == "one "
+    call.cancel()
+    await eventually(lambda: bool(stack.streams) and (stack.streams[-1].cancelled or stack.streams[-1].closed))
+    record = stack.streams[-1]
+    assert record.yielded == 1 and not record.finished
+    await eventually(
+        lambda: h.sample("ragrail_gateway_in_flight_requests", {"method": "RunStream"}) == 0
+    )
+
+
+# -- 8. deadlines --------------------------------------------------------------------------
+
+
+async def test_hung_stage_times_out_into_a_canned_answer(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("slow", generation={"timeout_s": 0.3})])
+    h.stack.generation.faults.hang()
+    start = time.perf_counter()
+    response = await h.stub().Run(run("slow"), timeout=5)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, elapsed
+    assert response.fallback_reason == pb.FALLBACK_REASON_STAGE_TIMEOUT
+    assert response.failed_stage == "generate"
+    assert response.answer == "Sorry, that took too long. Please try again."
+    assert h.stack.generation.faults.cancelled == 1
+
+
+async def test_caller_deadline_bounds_the_request_and_cancels_the_backend(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("slow", generation={"timeout_s": 5})])
+    generation = h.stack.generation
+    generation.faults.hang()
+    start = time.perf_counter()
+    err = await rpc_error(h.stub().Run(run("slow"), timeout=0.2))
+    elapsed = time.perf_counter() - start
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+    assert elapsed < 0.6, elapsed
+    await eventually(lambda: generation.faults.cancelled == 1 and generation.faults.hanging == 0)
+
+
+async def test_caller_deadline_during_a_stream_is_deadline_exceeded(gateways: GatewayFactory) -> None:
+    generation = FakeGeneration(stream_deltas=["never "], stream_stall_after=0)
+    h = await gateways([spec("slow", generation={"timeout_s": 5})], stack=FakeStack(generation=generation))
+    start = time.perf_counter()
+    call = h.stub().RunStream(pb.RunStreamRequest(pipeline="slow", query=QUERY), timeout=0.2)
+    err = await rpc_error(call.read())
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+    assert time.perf_counter() - start < 0.6
+    await eventually(lambda: bool(generation.streams) and generation.streams[-1].cancelled)
+
+
+class RecordingContext:
+    """What the servicer sees of a grpc.aio context, with a deadline and no race with a client timer."""
+
+    def __init__(self, remaining_s: float) -> None:
+        self.deadline = time.monotonic() + remaining_s
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def time_remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
+
+
+async def test_the_caller_deadline_is_an_error_and_the_budget_a_canned_answer(gateways: GatewayFactory) -> None:
+    """Deterministic twin of the gRPC deadline tests: no client timer to race the reply."""
+    h = await gateways(
+        [
+            spec("callerbound", generation={"timeout_s": 5}),
+            spec("budgetbound", budget_s=0.3, generation={"timeout_s": 5}),
+        ]
+    )
+    h.stack.generation.faults.hang()
+    servicer = h.gateway.servicer
+
+    context = RecordingContext(0.2)
+    await servicer.Run(run("callerbound"), context)
+    assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED, context.details
+    assert "\n" not in context.details
+
+    context = RecordingContext(5.0)
+    response = await servicer.Run(run("budgetbound"), context)
+    assert context.code is None, context.details
+    assert response.fallback_reason == pb.FALLBACK_REASON_STAGE_TIMEOUT
+    assert response.failed_stage == "generate"
+    assert h.stack.generation.faults.cancelled == 2
