@@ -178,7 +178,12 @@ async def start_gateway(
     await mark_not_serving(health, [SERVICE_NAME])
     await server.start()
     metrics_port = serve_metrics(servicer.metrics.registry, g.host, g.metrics_port)
-    await ensure_collection(servicer.ingestor.backends, g.collection)
+    try:
+        await ensure_collection(servicer.ingestor.backends, g.collection)
+    except BaseException:
+        await server.stop(0)  # a half-started gateway must not outlive its failed start
+        await channel.close()
+        raise
     await mark_serving(health, [SERVICE_NAME])
     gateway = RunningGateway(server, port, metrics_port, servicer, loader, channel, health)
     gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
