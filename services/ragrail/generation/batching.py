@@ -25,6 +25,7 @@ from ragrail.generation.core import (
     Sampling,
     StreamEvent,
     TextGenerator,
+    collect,
     _Prompt,
 )
 
@@ -70,13 +71,7 @@ class BatchingGenerator:
     def generate(
         self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
-        parts: list[str] = []
-        last = StreamEvent("")
-        for event in self.stream(messages, sampling, cancel):
-            parts.append(event.delta)
-            last = event
-        assert last.finish_reason is not None
-        return Generation("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return collect(self.stream(messages, sampling, cancel))
 
     def _loop(self) -> None:
         while True:

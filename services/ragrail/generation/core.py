@@ -73,6 +73,17 @@ class Generation:
     completion_tokens: int
 
 
+def collect(events: Iterator[StreamEvent]) -> Generation:
+    """A whole generation from its stream: the deltas joined, the totals of the last event."""
+    parts: list[str] = []
+    last = StreamEvent("")
+    for event in events:
+        parts.append(event.delta)
+        last = event
+    assert last.finish_reason is not None
+    return Generation("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+
 @dataclass
 class _Prompt:
     input_ids: torch.Tensor
@@ -119,13 +130,7 @@ class TextGenerator:
     def generate(
         self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
-        parts: list[str] = []
-        last = StreamEvent("")
-        for event in self.stream(messages, sampling, cancel):
-            parts.append(event.delta)
-            last = event
-        assert last.finish_reason is not None
-        return Generation("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return collect(self.stream(messages, sampling, cancel))
 
     def stream(
         self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
