@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test protos clean chart chart-check tools bench
+.PHONY: setup up test protos clean chart chart-check tools bench observe
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ chart: setup
 
 chart-check: setup
 	$(PY) scripts/sync_chart_config.py --check
+
+# A real Prometheus (Debian's package) on 127.0.0.1:9090 scraping `make up` (gateway :9464, Ray :9465)
+# with the chart's alert rules; prints its URL, Ctrl-C stops it and deletes its data.
+observe: setup tools
+	$(PY) -m ragrail.observe
 
 # Benchmarks print figures measured against a baseline in the same run (by hand, not in CI).
 bench: setup

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the tools the chart checks need that pip cannot provide: `promtool`
-# (Debian's `prometheus` package), used by tests/chart to check the alert rules.
-# Idempotent: does nothing when promtool is already on PATH. Never fails the
+# (Debian's `prometheus` package), used by tests/chart to check the alert rules, and
+# `prometheus` itself, the server `make observe` and tests/integration/test_observe.py run.
+# Idempotent: does nothing when both are already on PATH. Never fails the
 # build: without root (or without apt) it says what to install and exits 0, and
 # the tests that need promtool are skipped with that reason.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     exit 0
 fi
 if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -13,7 +13,7 @@ What is measured, labelled by ``service`` (embedding, retrieval, generation, mod
 and ``method`` (the RPC, e.g. ``Embed``, ``Search``; set by the servicer decorators):
 
 - ``ragrail_service_batch_size``: items per model call (texts embedded or moderated together,
-  requests merged into one generate call);
+  requests merged into one generate call), and ``ragrail_service_batch_items_total`` their sum;
 - ``ragrail_service_queue_wait_seconds``: from a request's arrival at the model to its call
   starting (a dynamic batch filling, the worker thread being free);
 - ``ragrail_service_model_latency_seconds``: the model (or Qdrant) call itself;
@@ -55,7 +55,10 @@ current_method: contextvars.ContextVar[str] = contextvars.ContextVar("ragrail_rp
 
 RAY_PREFIX = "ray_"
 LABELS = ("service", "method")
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Half-integer bounds: a bucket holds whole sizes (le="1.5" is batches of 1). Ray exports a
+# histogram's _sum rebuilt from bucket midpoints, which these keep right for small batches;
+# the exact mean batch is rate(..._batch_items_total) / rate(..._batch_size_count).
+BATCH_SIZE_BUCKETS = (0.5, 1.5, 2.5, 3.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5, 1024.5)
 QUEUE_WAIT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 500, 1000, 2000)
 
@@ -71,6 +74,9 @@ class MetricSpec:
 BATCH_SIZE = MetricSpec(
     "ragrail_service_batch_size", "histogram", "Items per model call (texts, points or merged requests).",
     BATCH_SIZE_BUCKETS,
+)
+BATCH_ITEMS = MetricSpec(
+    "ragrail_service_batch_items_total", "counter", "Items processed in model calls (the batch sizes' exact sum)."
 )
 QUEUE_WAIT = MetricSpec(
     "ragrail_service_queue_wait_seconds", "histogram",
@@ -91,7 +97,7 @@ TOKENS_PER_SECOND = MetricSpec(
     "Decoding speed of each generation request (completion tokens / generation time).",
     TOKENS_PER_S_BUCKETS,
 )
-SPECS = (BATCH_SIZE, QUEUE_WAIT, MODEL_LATENCY, GENERATED_TOKENS, PROMPT_TOKENS, TOKENS_PER_SECOND)
+SPECS = (BATCH_SIZE, BATCH_ITEMS, QUEUE_WAIT, MODEL_LATENCY, GENERATED_TOKENS, PROMPT_TOKENS, TOKENS_PER_SECOND)
 
 # Where the metrics live outside Ray.
 REGISTRY = CollectorRegistry()
@@ -199,6 +205,7 @@ class ServiceMetrics:
     def observe_batch(self, size: int, queue_wait_s: float | None = None, *, method: str | None = None) -> None:
         """One model call over ``size`` items; ``queue_wait_s``: how long its oldest item waited."""
         self._record(BATCH_SIZE, size, method)
+        self._record(BATCH_ITEMS, size, method)
         if queue_wait_s is not None:
             self._record(QUEUE_WAIT, max(0.0, queue_wait_s), method)
 
@@ -254,7 +261,7 @@ class ServiceMetrics:
         self.observe_queue_wait(times[0] - submitted, method=method)
         self.observe_model(times[1] - times[0], method=method)
         if batch_size is not None:
-            self._record(BATCH_SIZE, batch_size, method)
+            self.observe_batch(batch_size, method=method)
         return result
 
 

@@ -173,12 +173,6 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
-def _reset_for_tests() -> None:
-    """Forgets the decision so a test can configure again (the global provider is the test's)."""
-    global _enabled
-    _enabled = None
-
-
 # -- propagation ---------------------------------------------------------------------------
 
 
