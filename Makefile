@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test protos clean chart chart-check tools bench observe
+.PHONY: setup up test protos clean chart chart-check tools bench observe loadtest
 
 setup: $(STAMP)
 
@@ -43,9 +43,17 @@ chart-check: setup
 observe: setup tools
 	$(PY) -m ragrail.observe
 
-# Benchmarks print figures measured against a baseline in the same run (by hand, not in CI).
+# Load test against a running stack (default: `make up`'s 127.0.0.1:50051): 2 users, 60 s,
+# reports in loadtest/reports/, non-zero exit when a gate in loadtest/slo.yaml fails.
+#   make loadtest LOADTEST_ARGS="--users 4 --run-time 2m"   or   "--step 1,2,4,8 --step-time 30s"
+loadtest: setup
+	$(PY) loadtest/run.py $(LOADTEST_ARGS)
+
+# All five benchmarks against a private stack; figures measured against a baseline in the
+# same run, appended with the date to docs/benchmarks.md (by hand, not in CI).
+#   make bench BENCH_ARGS=--quick   (seconds each, nothing recorded)
 bench: setup
-	$(PY) benchmarks/gateway_overhead.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 protos: setup
 	$(PY) scripts/gen_protos.py

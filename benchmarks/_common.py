@@ -120,8 +120,18 @@ def machine() -> str:
     return f"{nproc} CPU ({cpu}), {ram} RAM, Python {platform.python_version()}, torch {torch}"
 
 
-def record(figures: Sequence[Figure], docs: Path = DOCS) -> None:
-    """Appends one dated row per figure to the results log (made if missing)."""
+def load_average() -> str:
+    """The 1-minute load average: how busy the machine was (others' work included)."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def record(figures: Sequence[Figure], docs: Path = DOCS, sets: Sequence[str] | None = None) -> None:
+    """Appends one dated row per figure to the results log (made if missing).
+
+    ``sets``: config changes the stack ran with (``--set``), noted in each row."""
     if not figures:
         return
     docs.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +141,10 @@ def record(figures: Sequence[Figure], docs: Path = DOCS) -> None:
     elif not text.endswith("\n"):
         text += "\n"
     date = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    host = machine()
+    host = f"{machine()}, load {load_average()}"
     for f in figures:
-        cells = [date, f.benchmark, f.figure, f.value, f.baseline, f.ratio, f.goal, host]
+        bench = f.benchmark + (f" [{', '.join(sets)}]" if sets else "")
+        cells = [date, bench, f.figure, f.value, f.baseline, f.ratio, f.goal, host]
         text += "| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n"
     docs.write_text(text)
     print(f"recorded {len(figures)} figure(s) in {docs.relative_to(ROOT) if docs.is_relative_to(ROOT) else docs}")
@@ -153,6 +164,9 @@ def base_parser(doc: str | None) -> argparse.ArgumentParser:
 def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="gateway of a running stack (host:port); default: start a private one")
     p.add_argument("--serve-address", help="Serve gRPC proxy of that stack (host:port, default: host:9000)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change the private stack's config, e.g. generation.max_batch_size=1 (repeatable); "
+                   "recorded with the figures")
 
 
 def quiet_transformers() -> None:
@@ -196,10 +210,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_config(tmp: Path) -> Path:
+def parse_sets(items: Sequence[str] | None) -> dict[str, object]:
+    """``["generation.max_batch_size=1"]`` -> {"generation.max_batch_size": 1} (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set wants KEY=VALUE (dotted key), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _write_config(tmp: Path, overrides: dict[str, object] | None = None) -> Path:
     import yaml
 
     config = yaml.safe_load(resources.files("ragrail.config").joinpath("ragrail.yaml").read_text())
+    for dotted, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     grpc_port = free_port()
     config["data_dir"] = str(tmp / "data")
     config["models_dir"] = os.environ.get("RAGRAIL_MODELS_DIR") or os.path.expanduser("~/.local/share/ragrail/models")
@@ -211,14 +244,14 @@ def _write_config(tmp: Path) -> Path:
 
 
 @contextlib.contextmanager
-def private_stack() -> Iterator[StackAddresses]:
+def private_stack(overrides: dict[str, object] | None = None) -> Iterator[StackAddresses]:
     """`ragrail up --config` on free ports with a temp data dir; SIGINT (then kill) at the end.
 
     The same way tests/integration/conftest.py starts one: only the process
     started here is signalled, by its pid.
     """
     tmp = Path(tempfile.mkdtemp(prefix="ragrail-bench-stack-"))
-    config_path = _write_config(tmp)
+    config_path = _write_config(tmp, overrides)
     log_path = tmp / "up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.pop("RAGRAIL_DATA_DIR", None)
@@ -264,7 +297,7 @@ def stack_for(args: argparse.Namespace) -> Iterator[StackAddresses]:
         serve = args.serve_address or f"{gateway.rsplit(':', 1)[0]}:9000"
         yield StackAddresses(gateway, serve)
         return
-    with private_stack() as stack:
+    with private_stack(parse_sets(getattr(args, "set", None))) as stack:
         yield stack
 
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if fallbacks:
         figures.append(c.Figure(BENCH, f"{args.pipeline} fallbacks in the run", str(fallbacks)))
     if c.should_record(args):
-        c.record(figures, args.docs)
+        c.record(figures, args.docs, args.set)
     return 0
 
 

@@ -77,25 +77,6 @@ async def _stream(stub, question: str, max_tokens: int) -> Sample:  # type: igno
     return Sample((first or end) - start, end - start, tokens)
 
 
-async def service(serve: str, prompts: list[str], max_tokens: int, rounds: int) -> tuple[Result, Result]:
-    import grpc
-
-    from ragrail.generation.v1 import generation_pb2_grpc
-
-    async with grpc.aio.insecure_channel(serve) as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        await _stream(stub, "Say hello.", 4)  # warm-up
-        started = time.perf_counter()
-        seq = [await _stream(stub, q, max_tokens) for q in prompts]
-        sequential = Result(seq, time.perf_counter() - started)
-        conc: list[Sample] = []
-        started = time.perf_counter()
-        for _ in range(rounds):
-            conc += await asyncio.gather(*(_stream(stub, q, max_tokens) for q in prompts[:4]))
-        concurrent = Result(conc, time.perf_counter() - started)
-    return sequential, concurrent
-
-
 # -- raw model.generate in this process ---------------------------------------------------
 
 
@@ -190,19 +171,39 @@ class Raw:
         return Result(samples, end - start)
 
 
-def in_process(prompts: list[str], max_tokens: int, rounds: int) -> tuple[Result, Result, Result, int]:
-    raw = Raw()
-    raw.one("Say hello.", 4)  # warm-up
-    started = time.perf_counter()
-    seq = [raw.one(q, max_tokens) for q in prompts]
-    sequential = Result(seq, time.perf_counter() - started)
-    conc: list[Sample] = []
-    started = time.perf_counter()
-    for _ in range(rounds):
-        conc += raw.threads(prompts[:4], max_tokens)
-    concurrent = Result(conc, time.perf_counter() - started)
+async def measure(serve: str, raw: Raw, prompts: list[str], max_tokens: int, rounds: int):  # type: ignore[no-untyped-def]
+    """Service and raw generate, interleaved request by request (sequential) and round by
+    round (4 at once), so both see the same background load on a shared machine."""
+    import grpc
+
+    from ragrail.generation.v1 import generation_pb2_grpc
+
+    svc_seq, raw_seq, svc_conc, raw_conc = [], [], [], []
+    svc_wall = raw_wall = 0.0
+    async with grpc.aio.insecure_channel(serve) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        await _stream(stub, "Say hello.", 4)  # warm-up
+        raw.one("Say hello.", 4)
+        for i, q in enumerate(prompts):
+            # raw.one blocks the event loop on purpose: no service call is in flight then
+            if i % 2 == 0:
+                svc_seq.append(await _stream(stub, q, max_tokens))
+                raw_seq.append(raw.one(q, max_tokens))
+            else:
+                raw_seq.append(raw.one(q, max_tokens))
+                svc_seq.append(await _stream(stub, q, max_tokens))
+        for r in range(rounds):
+            for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+                started = time.perf_counter()
+                if side == 0:
+                    svc_conc += await asyncio.gather(*(_stream(stub, q, max_tokens) for q in prompts[:4]))
+                    svc_wall += time.perf_counter() - started
+                else:
+                    raw_conc += raw.threads(prompts[:4], max_tokens)
+                    raw_wall += time.perf_counter() - started
     batched = raw.batched(prompts[:4], max_tokens)
-    return sequential, concurrent, batched, raw.torch.get_num_threads()
+    return (Result(svc_seq, sum(s.total for s in svc_seq)), Result(svc_conc, svc_wall),
+            Result(raw_seq, sum(s.total for s in raw_seq)), Result(raw_conc, raw_wall), batched)
 
 
 def probe(serve: str) -> None:
@@ -222,16 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     p = c.base_parser(__doc__)
     c.add_stack_args(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2, help="rounds of 4 concurrent requests")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of 4 concurrent requests (each side)")
+    p.add_argument("--requests", type=int, default=8, help="sequential requests (each side)")
     args = p.parse_args(argv)
     max_tokens = 8 if args.quick else args.max_new_tokens
     rounds = 1 if args.quick else args.rounds
-    prompts = c.on_topic_questions()[:4]
+    questions = c.on_topic_questions()
+    prompts = [questions[i % len(questions)] for i in range(4 if args.quick else max(4, args.requests))]
 
+    raw = Raw()
+    threads = raw.torch.get_num_threads()
     with c.stack_for(args) as stack:
         c.wait_serve_ready(stack.serve, "generation", lambda: probe(stack.serve))
-        s_seq, s_conc = asyncio.run(service(stack.serve, prompts, max_tokens, rounds))
-        r_seq, r_conc, r_batch, threads = in_process(prompts, max_tokens, rounds)
+        load = c.load_average()
+        s_seq, s_conc, r_seq, r_conc, r_batch = asyncio.run(measure(stack.serve, raw, prompts, max_tokens, rounds))
 
     def row(label: str, s: Result, r: Result) -> list[object]:
         return [label, s.ttft_p50(), r.ttft_p50(), s.ttft_p50() / r.ttft_p50(),
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             ["(in-process batch of 4)", "-", r_batch.ttft_p50(), "-", "-", r_batch.rate_p50(), "-",
              "-", r_batch.aggregate(), "-"]]
     print(f"\ngeneration: {max_tokens} new tokens max, greedy; service via Serve (GenerateStream) vs raw "
-          f"model.generate in-process (torch threads here: {threads})")
+          f"model.generate in-process (torch threads here: {threads}), interleaved; load average at start {load}")
     print(c.table(["mode", "svc TTFT ms", "raw TTFT ms", "TTFT x", "svc tok/s", "raw tok/s", "tok/s ratio",
                    "svc agg tok/s", "raw agg tok/s", "agg ratio"], rows))
     tokens = [s.tokens for s in s_seq.samples] + [s.tokens for s in r_seq.samples]
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{r.aggregate():.1f} raw generate in 4 threads; "
                                     f"{r_batch.aggregate():.1f} batched", f"{s.aggregate() / r.aggregate():.2f}"))
     if c.should_record(args):
-        c.record(figures, args.docs)
+        c.record(figures, args.docs, args.set)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -84,9 +85,10 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 async def measure(requests: int, pipelines_dir: Path) -> None:
+    data_dir = tempfile.mkdtemp(prefix="ragrail-bench-")
     settings = load_settings(
         None,
-        data_dir=tempfile.mkdtemp(prefix="ragrail-bench-"),
+        data_dir=data_dir,
         gateway={"port": 0, "metrics_port": 0, "pipelines_dir": str(pipelines_dir)},
     )
     stubs = Stubs()
@@ -123,6 +125,7 @@ async def measure(requests: int, pipelines_dir: Path) -> None:
     print(f"hung generate stage, timeout 0.500 s: canned answer after {statistics.median(waits):.3f} s (median of 5)")
     await channel.close()
     await gateway.stop(0)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def write_specs(folder: Path) -> None:

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, str(HERE / script), *common]
             if stacked and stack is not None:
                 cmd += ["--address", stack.gateway, "--serve-address", stack.serve]
+                cmd += [f"--set={item}" for item in args.set or ()]
             print(f"\n=== {n} {title} ===", flush=True)
             started = time.monotonic()
             code = subprocess.run(cmd).returncode

@@ -31,8 +31,9 @@ Weights (per class, read when this file is imported, so from the environment):
 ``RAGRAIL_LT_WEIGHTS="rag=4,rag@1=1,rag@2=1,summarize_sentiment=1,embedding=0,..."``.
 Keys: rag, rag@1, rag@2, summarize_sentiment, pipeline, embedding, retrieval,
 generation, moderation. A weight of 0 disables a class. Defaults: the four
-pipeline users on (4/1/1/1), the rest off. ``--pipeline REF`` turns PipelineUser
-on with weight 1 unless a weight is given.
+pipeline users on (1 each: 4 users cover the four), the rest off.
+``RAGRAIL_LT_PIPELINE=REF`` (what ``run.py --pipeline`` sets) turns
+PipelineUser on with weight 1 unless a weight is given.
 
 Everything else is a command-line option or its environment variable (see
 ``locust -f loadtest/locustfile.py --help``, section "Custom arguments"): the
@@ -89,7 +90,7 @@ log = logging.getLogger("ragrail.loadtest")
 MAX_USERS = 64
 DEFAULT_RUN_TIME_S = 120
 DEFAULT_WEIGHTS = {
-    "rag": 4, "rag@1": 1, "rag@2": 1, "summarize_sentiment": 1, "pipeline": 0,
+    "rag": 1, "rag@1": 1, "rag@2": 1, "summarize_sentiment": 1, "pipeline": 0,
     "embedding": 0, "retrieval": 0, "generation": 0, "moderation": 0,
 }
 

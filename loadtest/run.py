@@ -1,6 +1,6 @@
 """Headless load test with SLO gates, or a step-load search for the saturation point.
 
-    .venv/bin/python loadtest/run.py                                   # 4 users, 60 s, against 127.0.0.1:50051
+    .venv/bin/python loadtest/run.py                                   # 2 users, 60 s, against 127.0.0.1:50051
     .venv/bin/python loadtest/run.py --users 8 --run-time 2m --host 10.0.0.5:50051 --api-key rg_...
     .venv/bin/python loadtest/run.py --step 1,2,4,8 --step-time 30s    # saturation point
 
@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Extra locust options go after --.")
     p.add_argument("--host", default=os.environ.get("RAGRAIL_ADDRESS", "127.0.0.1:50051"), help="gateway host:port")
     p.add_argument("--serve-host", help="Serve's gRPC proxy, for the direct service users (default 127.0.0.1:9000)")
-    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--users", type=int, default=2, help="default 2: what the 2-core reference machine holds")
     p.add_argument("--spawn-rate", type=float, default=1.0, help="users started per second")
     p.add_argument("--run-time", type=parse_duration, default=60, help="e.g. 60s, 2m (default 60s)")
     p.add_argument("--slo", type=Path, default=HERE / "slo.yaml")

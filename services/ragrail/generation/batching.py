@@ -75,7 +75,11 @@ class BatchingGenerator:
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except Exception:  # the scheduler must outlive any bug: log it and go on
+                log.exception("generation batcher failed to form a batch")
+                continue
             self.batch_sizes = (self.batch_sizes + [len(batch)])[-100:]
             service_metrics("generation").observe_batch(len(batch), method="Generate")
             self.generator.run_batch(batch)

@@ -283,7 +283,7 @@ class TextGenerator:
         )
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field equality: rows hold tensors of different shapes
 class Row:
     """One request inside a (possibly batched) generate call."""
 
