@@ -190,7 +190,6 @@ class GatewaySettings(Strict):
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics")
     serve_address: str = Field("127.0.0.1:9000", description="Ray Serve gRPC proxy")
     collection: str = "documents"
-    max_query_chars: int = Field(2000, ge=1)
     max_documents: int = Field(64, ge=1)
     max_document_chars: int = Field(2_000_000, ge=1)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -24,17 +24,14 @@ from typing import TypeVar
 
 from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, require
+from ragrail.common.errors import require
 from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage
 from ragrail.gateway.cache import TtlCache, normalise
 from ragrail.gateway.specs import GenerationSpec, PipelineSpec, StageSpec
 from ragrail.gateway.stages import (
-    BackendOverloaded,
     BackendUnavailable,
     StageFailure,
     StageRunner,
-    StageTimeout,
-    timeout_error,
 )
 
 T = TypeVar("T")
@@ -84,6 +81,10 @@ class Fallback(Exception):
         self.stage = stage
         self.flags = flags
 
+    @classmethod
+    def of(cls, failure: StageFailure) -> Fallback:
+        return cls(FallbackReason(failure.reason), failure.stage)
+
 
 class Pipeline:
     """What every kind shares: validation, caching, stage calls, canned answers."""
@@ -128,7 +129,7 @@ class Pipeline:
         except Fallback as fb:
             self._canned(result, fb)
         except StageFailure as failure:
-            self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
+            self._canned(result, Fallback.of(failure))
         if result.fallback_reason in CACHEABLE:
             self.cache.put(key, result)
         return result
@@ -259,7 +260,7 @@ class RagPipeline(Pipeline):
             yield self._canned(result, fb)
             return
         except StageFailure as failure:
-            yield self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
+            yield self._canned(result, Fallback.of(failure))
             return
         parts: list[str] = []
         try:
@@ -274,7 +275,7 @@ class RagPipeline(Pipeline):
         except StageFailure as failure:
             if parts:
                 raise
-            self._canned(result, Fallback(FallbackReason(failure.reason), failure.stage))
+            self._canned(result, Fallback.of(failure))
         yield result
 
     async def _stream_tokens(
@@ -312,18 +313,11 @@ class RagPipeline(Pipeline):
                 async with asyncio.timeout(deadline.timeout("generate")):
                     delta = await anext(stream, None)
             breaker.record_success()
-        except (TimeoutError, DeadlineExceeded):
-            breaker.record_failure()
-            raise timeout_error("generate", "the stream did not finish in time", deadline) from None
-        except Unavailable as exc:
-            breaker.record_failure()
-            raise BackendUnavailable("generate", exc.message) from None
-        except ResourceExhausted as exc:
-            breaker.abandon_probe()
-            raise BackendOverloaded("generate", exc.message) from None
-        except BaseException:
-            breaker.abandon_probe()
-            raise
+        except BaseException as exc:
+            failure = self.runner.settle("generate", backend, exc, deadline, "the stream did not finish in time")
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             await stream.aclose()  # cancels the backend call when we stop early
             result.timings["generate"] = time.perf_counter() - start

@@ -102,28 +102,40 @@ class StageRunner:
             try:
                 async with asyncio.timeout(timeout):  # also bounds a backend that ignores deadlines
                     result = await fn(timeout)
-            except (TimeoutError, DeadlineExceeded):
-                breaker.record_failure()
-                raise timeout_error(stage, f"no answer from {backend} within {timeout:.2f} s", deadline) from None
-            except ResourceExhausted as exc:
-                breaker.abandon_probe()  # busy, not down: neither healthy nor failed
-                raise BackendOverloaded(stage, exc.message) from None
-            except Unavailable as exc:
-                breaker.record_failure()
-                if attempt < retries and self._may_retry(deadline):
+            except BaseException as exc:
+                if isinstance(exc, Unavailable) and attempt < retries and self._may_retry(deadline):
+                    breaker.record_failure()
                     attempt += 1
                     log.info("retrying %s on %s (attempt %d): %s", stage, backend, attempt + 1, exc.message)
                     await self._sleep(min(backoff_s(attempt), max(0.0, deadline.remaining())))
                     continue
-                raise BackendUnavailable(stage, exc.message) from None
-            except RagrailError:
-                breaker.record_success()  # it answered: the caller's input was the problem
-                raise
-            except BaseException:
-                breaker.abandon_probe()  # cancelled: neither healthy nor failed
-                raise
+                failure = self.settle(stage, backend, exc, deadline, f"no answer from {backend} within {timeout:.2f} s")
+                if failure is None:
+                    raise
+                raise failure from None
             breaker.record_success()
             return result
+
+    def settle(
+        self, stage: str, backend: str, exc: BaseException, deadline: Deadline, timeout_detail: str
+    ) -> Exception | None:
+        """Books a failed call on the backend's breaker; returns the StageFailure the
+        pipeline should see, or None when ``exc`` itself should propagate."""
+        breaker = self.breaker(backend)
+        if isinstance(exc, TimeoutError | DeadlineExceeded):
+            breaker.record_failure()
+            return timeout_error(stage, timeout_detail, deadline)
+        if isinstance(exc, Unavailable):
+            breaker.record_failure()
+            return BackendUnavailable(stage, exc.message)
+        if isinstance(exc, ResourceExhausted):
+            breaker.abandon_probe()  # busy, not down: neither healthy nor failed
+            return BackendOverloaded(stage, exc.message)
+        if isinstance(exc, RagrailError):
+            breaker.record_success()  # it answered: the caller's input was the problem
+        else:
+            breaker.abandon_probe()  # cancelled: neither healthy nor failed
+        return None
 
     def _may_retry(self, deadline: Deadline) -> bool:
         return deadline.remaining() > 0.05 and self.retry_budget.try_withdraw()
