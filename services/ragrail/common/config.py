@@ -33,7 +33,13 @@ class EmbeddingSettings(Strict):
     max_text_chars: int = Field(8192, ge=1)
     max_tokens: int = Field(256, ge=8, description="window; longer texts are truncated")
     batch_max_requests: int = Field(16, ge=1, description="concurrent Embed calls merged into one forward pass")
-    batch_wait_s: float = Field(0.005, ge=0, le=1, description="how long a dynamic batch waits to fill")
+    batch_wait_s: float = Field(
+        0.02, ge=0, le=1, description="how long a dynamic batch waits to fill (longer: bigger batches, more latency when idle)"
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
+        "(Ray alone gives a replica with num_cpus < 1 a single thread)"
+    )
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -79,6 +85,10 @@ class GenerationSettings(Strict):
     max_batch_size: int = Field(4, ge=1, le=256, description="concurrent requests sharing one generate call")
     batch_wait_s: float = Field(0.02, ge=0, le=1, description="how long a batch waits to fill")
     max_waiting: int = Field(64, ge=1, description="requests waiting for a batch; more get RESOURCE_EXHAUSTED")
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
+        "(Ray alone gives a replica with num_cpus < 1 a single thread)"
+    )
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -143,6 +153,10 @@ class ModerationSettings(Strict):
     categories: ModerationCategories = ModerationCategories()
     max_batch_size: int = Field(256, ge=1)
     max_text_chars: int = Field(16_000, ge=1)
+    cpu_threads: int | None = Field(
+        None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
+        "(Ray alone gives a replica with num_cpus < 1 a single thread)"
+    )
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 

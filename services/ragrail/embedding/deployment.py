@@ -9,7 +9,7 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.service_metrics import service_metrics
-from ragrail.common.serving import replica_settings
+from ragrail.common.serving import replica_settings, use_cpu_threads
 from ragrail.embedding.core import EmbeddedText, build_embedder
 from ragrail.embedding.servicer import EmbeddingServicer
 
@@ -18,6 +18,7 @@ from ragrail.embedding.servicer import EmbeddingServicer
 class EmbeddingDeployment(EmbeddingServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
+        use_cpu_threads(s.embedding.cpu_threads)
         super().__init__(build_embedder(s.embedding, s.models_path))
         self._encode_batched.set_max_batch_size(s.embedding.batch_max_requests)
         self._encode_batched.set_batch_wait_timeout_s(s.embedding.batch_wait_s)
@@ -25,7 +26,7 @@ class EmbeddingDeployment(EmbeddingServicer):
     async def encode(self, texts: list[str]) -> list[EmbeddedText]:
         return await self._encode_batched(texts)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)  # replaced from settings in __init__
     async def _encode_batched(self, requests: list[list[str]]) -> list[list[EmbeddedText]]:
         """Concurrent Embed calls share one forward pass; each gets its own slice back."""
         flat = [text for texts in requests for text in texts]

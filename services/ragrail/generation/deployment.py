@@ -7,7 +7,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from ragrail.common.serving import replica_settings
+from ragrail.common.serving import replica_settings, use_cpu_threads
 from ragrail.generation.core import build_engine
 from ragrail.generation.servicer import GenerationServicer
 
@@ -16,6 +16,7 @@ from ragrail.generation.servicer import GenerationServicer
 class GenerationDeployment(GenerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
+        use_cpu_threads(s.generation.cpu_threads)
         super().__init__(build_engine(s.generation, s.models_path))
 
 

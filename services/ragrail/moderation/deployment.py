@@ -8,7 +8,7 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.models import pick_device
-from ragrail.common.serving import replica_settings
+from ragrail.common.serving import replica_settings, use_cpu_threads
 from ragrail.moderation.core import build_moderator
 from ragrail.moderation.servicer import ModerationServicer
 
@@ -17,6 +17,7 @@ from ragrail.moderation.servicer import ModerationServicer
 class ModerationDeployment(ModerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
+        use_cpu_threads(s.moderation.cpu_threads)
         super().__init__(build_moderator(s.moderation, pick_device("auto"), s.models_path))
 
 
