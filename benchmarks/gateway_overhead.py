@@ -24,7 +24,16 @@ import grpc
 import yaml
 
 from ragrail.common.config import load_settings
-from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, ModerationOutcome, Passage, StoredChunk
+from ragrail.gateway.backends import (
+    Backends,
+    ChatTurn,
+    Generated,
+    GenerationParams,
+    ModerationOutcome,
+    Passage,
+    StoredChunk,
+    TokenUsage,
+)
 from ragrail.gateway.server import start_gateway
 from ragrail.gateway.v1 import gateway_pb2 as pb
 from ragrail.gateway.v1 import gateway_pb2_grpc
@@ -57,13 +66,16 @@ class Stubs:
     async def delete_stale_chunks(self, collection: str, document_id: str, keep_below: int, timeout: float) -> None:
         return None
 
-    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> str:
+    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> Generated:
         if self.hang:
             await asyncio.Event().wait()
-        return "Stub answer."
+        return Generated("Stub answer.", TokenUsage(10, 2))
 
-    async def generate_stream(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> AsyncIterator[str]:
+    async def generate_stream(
+        self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
+    ) -> AsyncIterator[str | TokenUsage]:
         yield "Stub answer."
+        yield TokenUsage(10, 2)
 
 
 def stub_backends(stubs: Stubs) -> Backends:

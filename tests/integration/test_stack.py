@@ -63,6 +63,8 @@ def test_sample_corpus_question_is_answered_with_citations(
     assert document_id in {c.document_id for c in response.citations}
     assert all(c.text and c.score > 0 for c in response.citations)
     assert {t.stage for t in response.timings} >= {"moderate_input", "embed", "retrieve", "generate"}
+    # Usage from the real generation service: a RAG prompt is long, the answer non-empty.
+    assert response.usage.prompt_tokens > 50 and response.usage.completion_tokens > 0
 
 
 @pytest.mark.parametrize("question", OFF_TOPIC)
@@ -118,6 +120,7 @@ def test_run_stream_streams_deltas_then_the_final_outcome(gateway_channel: grpc.
     assert len(deltas) > 1
     if not final.fallback:
         assert "".join(deltas).strip() == final.answer
+        assert final.usage.completion_tokens > 0
         assert document_id in {c.document_id for c in final.citations}
 
 

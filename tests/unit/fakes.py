@@ -25,10 +25,12 @@ from ragrail.common.errors import InvalidArgument, NotFound, ResourceExhausted, 
 from ragrail.gateway.backends import (
     Backends,
     ChatTurn,
+    Generated,
     GenerationParams,
     ModerationOutcome,
     Passage,
     StoredChunk,
+    TokenUsage,
 )
 from ragrail.gateway.resilience import CircuitBreaker, RetryBudget
 from ragrail.gateway.stages import StageRunner
@@ -337,14 +339,15 @@ class FakeGeneration:
             return self.respond(list(messages), params)
         return self.answers.popleft() if self.answers else self.answer
 
-    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> str:
+    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> Generated:
         await self.faults.apply()
         self._record(messages, params, timeout)
-        return self._next_answer(messages, params)
+        answer = self._next_answer(messages, params)
+        return Generated(answer, fake_usage(messages, answer))
 
     async def generate_stream(
         self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | TokenUsage]:
         deltas = (
             list(self.stream_deltas)
             if self.stream_deltas is not None
@@ -364,6 +367,7 @@ class FakeGeneration:
                     await asyncio.sleep(self.stream_delay_s)
                 record.yielded += 1
                 yield delta
+            yield fake_usage(messages, "".join(deltas))
             record.finished = True
         except GeneratorExit:
             record.closed = True
@@ -371,6 +375,11 @@ class FakeGeneration:
         except asyncio.CancelledError:
             record.cancelled = True
             raise
+
+
+def fake_usage(messages: Sequence[ChatTurn], answer: str) -> TokenUsage:
+    """A token is a word here: easy to check in tests."""
+    return TokenUsage(sum(len(m.content.split()) for m in messages), len(answer.split()))
 
 
 @dataclass

@@ -32,7 +32,7 @@ from ragrail.gateway.pipeline import (
 from ragrail.gateway.resilience import CircuitState
 from ragrail.gateway.specs import PipelineSpec
 from ragrail.gateway.stages import BackendUnavailable, StageRunner, StageTimeout
-from tests.unit.fakes import FakeClock, FakeEmbedding, FakeGeneration, FakeStack, make_runner
+from tests.unit.fakes import FakeClock, FakeEmbedding, FakeGeneration, FakeStack, fake_usage, make_runner
 
 COLLECTION = "docs"
 MAX_QUERY_CHARS = 200
@@ -843,6 +843,8 @@ async def test_summarize_sentiment_gives_summary_and_label() -> None:
         for turn in (ChatTurn("user", f"Text: {e.text}"), ChatTurn("assistant", e.label))
     ]
     assert classify[-1] == ChatTurn("user", f"Text: {SUMMARY}")
+    # Usage sums both generation calls (the fake counts words).
+    assert result.usage == fake_usage(summarize, SUMMARY) + fake_usage(classify, "Positive.")
     assert generation.params[0] == GenerationParams(max_new_tokens=96, temperature=0.0, top_p=1.0, seed=None)
     assert generation.params[1].max_new_tokens == 4 and generation.params[1].temperature == 0.0
 

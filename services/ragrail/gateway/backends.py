@@ -45,6 +45,25 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class TokenUsage:
+    """Tokens a generation call read (prompt) and wrote (completion)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
+        )
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    usage: TokenUsage = TokenUsage()
+
+
+@dataclass(frozen=True)
 class StoredChunk:
     id: str
     vector: list[float]
@@ -80,11 +99,13 @@ class RetrievalBackend(Protocol):
 class GenerationBackend(Protocol):
     async def generate(
         self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
-    ) -> str: ...
+    ) -> Generated: ...
 
     def generate_stream(
         self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
-    ) -> AsyncIterator[str]: ...
+    ) -> AsyncIterator[str | TokenUsage]:
+        """Text deltas, then the call's TokenUsage as the last item."""
+        ...
 
 
 @dataclass(frozen=True)

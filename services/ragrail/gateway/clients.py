@@ -24,10 +24,12 @@ from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from ragrail.gateway.backends import (
     Backends,
     ChatTurn,
+    Generated,
     GenerationParams,
     ModerationOutcome,
     Passage,
     StoredChunk,
+    TokenUsage,
 )
 from ragrail.generation.v1 import generation_pb2, generation_pb2_grpc
 from ragrail.moderation.v1 import moderation_pb2, moderation_pb2_grpc
@@ -217,14 +219,14 @@ class GenerationClient(_Client):
             stop=list(params.stop),
         )
 
-    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> str:
+    async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> Generated:
         request = generation_pb2.GenerateRequest(messages=self._messages(messages), sampling=self._sampling(params))
         response = await self._call(self.stub.Generate, request, timeout)
-        return str(response.text)  # type: ignore[attr-defined]
+        return Generated(str(response.text), _usage(response))  # type: ignore[attr-defined]
 
     async def generate_stream(
         self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | TokenUsage]:
         request = generation_pb2.GenerateStreamRequest(
             messages=self._messages(messages), sampling=self._sampling(params)
         )
@@ -233,10 +235,17 @@ class GenerationClient(_Client):
             async for chunk in call:
                 if chunk.delta:
                     yield chunk.delta
+                if chunk.HasField("usage"):
+                    yield _usage(chunk)
         except grpc.aio.AioRpcError as error:
             raise map_rpc_error(self.application, error) from None
         finally:
             call.cancel()  # no-op when finished; stops generation when we stop early
+
+
+def _usage(response: object) -> TokenUsage:
+    usage = response.usage  # type: ignore[attr-defined]
+    return TokenUsage(int(usage.prompt_tokens), int(usage.completion_tokens))
 
 
 def grpc_backends(channel: grpc.aio.Channel, applications: dict[str, str] | None = None) -> Backends:

@@ -36,6 +36,12 @@ class GatewayMetrics:
             ["pipeline", "version", "reason"],
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "ragrail_gateway_tokens_total",
+            "Model tokens used by pipeline runs: kind=prompt (read) or completion (generated).",
+            ["pipeline", "version", "kind"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "ragrail_gateway_in_flight_requests",
             "Requests being processed.",

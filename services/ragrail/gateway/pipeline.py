@@ -25,7 +25,7 @@ from typing import TypeVar
 from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import require
-from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage
+from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage, TokenUsage
 from ragrail.gateway.cache import TtlCache, normalise
 from ragrail.gateway.specs import GenerationSpec, PipelineSpec, StageSpec
 from ragrail.gateway.stages import (
@@ -66,6 +66,7 @@ class RunResult:
     replace_streamed: bool = False
     cached: bool = False
     moderation_flags: list[str] = field(default_factory=list)
+    usage: TokenUsage = TokenUsage()  # summed over the run's generation calls
 
     @property
     def fallback(self) -> bool:
@@ -122,7 +123,7 @@ class Pipeline:
         key = normalise(query)
         cached = self.cache.get(key)
         if cached is not None:
-            return replace(cached, cached=True, timings={})
+            return replace(cached, cached=True, timings={}, usage=TokenUsage())  # no model ran
         result = self._new_result()
         try:
             await self._run(query, deadline, result)
@@ -169,6 +170,22 @@ class Pipeline:
                 deadline=deadline,
             )
 
+    async def _generate(
+        self,
+        result: RunResult,
+        stage: str,
+        spec: StageSpec,
+        messages: list[ChatTurn],
+        params: GenerationParams,
+        deadline: Deadline,
+    ) -> str:
+        generated = await self._stage(
+            result, stage, "generation", spec,
+            lambda t: self.backends.generation.generate(messages, params, t), deadline,
+        )
+        result.usage += generated.usage
+        return generated.text
+
     async def _moderate(
         self, result: RunResult, stage: str, text: str, categories: tuple[str, ...], deadline: Deadline
     ) -> None:
@@ -211,14 +228,8 @@ class RagPipeline(Pipeline):
 
     async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
         messages = await self._prepare(query, deadline, result)
-        answer = await self._stage(
-            result,
-            "generate",
-            "generation",
-            self.spec.generation,
-            lambda t: self.backends.generation.generate(messages, generation_params(self.spec.generation), t),
-            deadline,
-        )
+        gen = self.spec.generation
+        answer = await self._generate(result, "generate", gen, messages, generation_params(gen), deadline)
         await self._finish(answer, deadline, result)
 
     async def _prepare(self, query: str, deadline: Deadline, result: RunResult) -> list[ChatTurn]:
@@ -300,15 +311,18 @@ class RagPipeline(Pipeline):
                 with tracing.use_span(span):  # the call starts here: its metadata carries the span
                     delta = await anext(stream, None)
             while delta is not None:
-                parts.append(delta)
-                yield delta
-                text = "".join(parts)
-                if self.spec.moderation.output and len(text) - checked >= window:
-                    # Overlap the previous window so a word cut at its edge is still seen.
-                    await self._moderate(
-                        result, "moderate_output", text[max(0, checked - 40) :], OUTPUT_CATEGORIES, deadline
-                    )
-                    checked = len(text)
+                if isinstance(delta, TokenUsage):  # the stream's last item
+                    result.usage += delta
+                else:
+                    parts.append(delta)
+                    yield delta
+                    text = "".join(parts)
+                    if self.spec.moderation.output and len(text) - checked >= window:
+                        # Overlap the previous window so a word cut at its edge is still seen.
+                        await self._moderate(
+                            result, "moderate_output", text[max(0, checked - 40) :], OUTPUT_CATEGORIES, deadline
+                        )
+                        checked = len(text)
                 # After the first token only the deadline bounds the stream; a stalled one ends there.
                 async with asyncio.timeout(deadline.timeout("generate")):
                     delta = await anext(stream, None)
@@ -333,12 +347,9 @@ class SummarizeSentimentPipeline(Pipeline):
         if self.spec.moderation.input:
             await self._moderate(result, "moderate_input", text, INPUT_CATEGORIES, deadline)
         gen = self.spec.generation
-        summary = await self._stage(
-            result, "summarize", "generation", gen,
-            lambda t: self.backends.generation.generate(
-                [ChatTurn("system", gen.system_prompt), ChatTurn("user", text)], generation_params(gen), t
-            ),
-            deadline,
+        summary = await self._generate(
+            result, "summarize", gen,
+            [ChatTurn("system", gen.system_prompt), ChatTurn("user", text)], generation_params(gen), deadline,
         )
         summary = summary.strip()
         label = await self._classify(summary, deadline, result)
@@ -356,10 +367,7 @@ class SummarizeSentimentPipeline(Pipeline):
             params = generation_params(spec)
             if attempt:
                 params = replace(params, temperature=0.7, seed=(spec.seed or 0) + attempt)
-            raw = await self._stage(
-                result, "classify", "generation", spec,
-                lambda t, p=params: self.backends.generation.generate(messages, p, t), deadline,
-            )
+            raw = await self._generate(result, "classify", spec, messages, params, deadline)
             label = parse_label(raw, spec.labels)
             if label is not None:
                 return label

@@ -69,6 +69,9 @@ def result_to_pb(result: RunResult, request_id: str) -> pb.RunResponse:
         replace_streamed=result.replace_streamed,
         failed_stage=result.failed_stage,
         cached=result.cached,
+        usage=pb.TokenUsage(
+            prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens
+        ),
     )
 
 
@@ -255,6 +258,8 @@ class _Observation:
             self.metrics.retrieval_best_score.labels(*self.labels).observe(max(c.score for c in result.citations))
         if result.cached:
             self.metrics.cache_hits.labels(*self.labels).inc()
+        self.metrics.tokens.labels(*self.labels, "prompt").inc(result.usage.prompt_tokens)
+        self.metrics.tokens.labels(*self.labels, "completion").inc(result.usage.completion_tokens)
 
 
 def _outcome(exc: BaseException | None, result: RunResult | None) -> tuple[str, str]:

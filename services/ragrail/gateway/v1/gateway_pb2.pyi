@@ -57,7 +57,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RunResponse(_message.Message):
-    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings", "outputs", "replace_streamed", "failed_stage", "cached")
+    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings", "outputs", "replace_streamed", "failed_stage", "cached", "usage")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class RunResponse(_message.Message):
     REPLACE_STREAMED_FIELD_NUMBER: _ClassVar[int]
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     pipeline: str
@@ -89,7 +90,16 @@ class RunResponse(_message.Message):
     replace_streamed: bool
     failed_stage: str
     cached: bool
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, str]] = ..., replace_streamed: _Optional[bool] = ..., failed_stage: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    usage: TokenUsage
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, str]] = ..., replace_streamed: _Optional[bool] = ..., failed_stage: _Optional[str] = ..., cached: _Optional[bool] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ...) -> None: ...
+
+class TokenUsage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class RunStreamRequest(_message.Message):
     __slots__ = ("pipeline", "query", "session_id")
