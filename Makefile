@@ -6,7 +6,20 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test protos clean chart chart-check tools bench observe loadtest
+.PHONY: setup up test protos clean chart chart-check tools bench observe loadtest image
+
+# `make image`: the container image the Helm chart runs (gateway and Ray pods). The default name
+# is the chart's default image (values.yaml image.repository, tag = Chart.yaml appVersion =
+# pyproject's version). CUDA=cu128 builds for GPU nodes (Ray's CUDA image and torch's CUDA
+# wheels); BAKE_MODELS=1 converts the builtin SmolLM2 into the image. Other build flags:
+#   make image IMAGE=registry.example.com/ragrail TAG=0.1.0 DOCKER_BUILD_ARGS="--pull --push"
+DOCKER  ?= docker
+IMAGE   ?= ragrail/ragrail
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+TAG     ?= $(VERSION)$(if $(CUDA),-$(CUDA))
+CUDA    ?=
+BAKE_MODELS ?= 0
+DOCKER_BUILD_ARGS ?=
 
 setup: $(STAMP)
 
@@ -57,6 +70,18 @@ bench: setup
 
 protos: setup
 	$(PY) scripts/gen_protos.py
+
+image:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { \
+	  echo "make image: '$(DOCKER)' not found. Install Docker (or set DOCKER=podman), or build the" >&2; \
+	  echo "Dockerfile with any OCI builder; deploy/helm/README.md lists the build arguments." >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "make image: '$(DOCKER)' is installed but no container engine answers ('$(DOCKER) info' fails):" >&2; \
+	  echo "start the Docker daemon, or point DOCKER_HOST at one." >&2; exit 1; }
+	$(DOCKER) build -f Dockerfile -t $(IMAGE):$(TAG) \
+	  --build-arg BAKE_MODELS=$(BAKE_MODELS) \
+	  $(if $(CUDA),--build-arg RAY_FLAVOR=$(CUDA) --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/$(CUDA)) \
+	  $(DOCKER_BUILD_ARGS) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

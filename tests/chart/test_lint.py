@@ -80,6 +80,8 @@ def test_a_template_producing_invalid_yaml_fails_lint(chart_copy: Path) -> None:
         ({"gateway": {"auth": {"keys": [{"name": "x", "sha256": "not-a-hash", "pipelines": ["*"], "rate_per_s": 1, "burst": 1}]}}}, "sha256"),
         ({"pipelines": {"rag@3.yaml": "name: rag"}}, "rag@3.yaml"),
         ({"monitoring": {"serviceMonitor": {"interval": "often"}}}, "interval"),
+        ({"gateway": {"healthPort": 0}}, "/gateway/healthPort"),
+        ({"networkPolicy": {"gateway": {"healthFrom": "nodes"}}}, "/networkPolicy/gateway/healthFrom"),
     ],
 )
 def test_invalid_values_are_rejected(values: dict, where: str) -> None:

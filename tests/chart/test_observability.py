@@ -39,6 +39,13 @@ RAY_METRICS = {
     "ray_node_gpus_utilization": ("dashboard/modules/reporter/reporter_agent.py", '"node_gpus_utilization"'),
     "ray_node_gram_used": ("dashboard/modules/reporter/reporter_agent.py", '"node_gram_used"'),
 }
+# Metrics of exporters that are neither ragrail nor Ray, as Prometheus sees them, with where
+# each is documented. Not checkable offline: keep this list short and to well-known names.
+# Panels using them must still show something without them (see the GPU panel's test).
+EXTERNAL_METRICS = {
+    "DCGM_FI_DEV_GPU_UTIL": "NVIDIA dcgm-exporter, default-counters.csv: GPU utilization (in %)",
+    "DCGM_FI_DEV_FB_USED": "NVIDIA dcgm-exporter, default-counters.csv: framebuffer memory used (in MiB)",
+}
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
     "offset", "inf", "nan",
@@ -226,10 +233,75 @@ def test_every_metric_used_exists(source: str) -> None:
     for where, expr in exprs:
         names = metric_names(expr)
         assert names, f"{where}: no metric found in {expr!r}"
-        missing = {n for n in names if n not in known_gateway and n not in RAY_METRICS}
+        missing = {n for n in names if n not in known_gateway and n not in RAY_METRICS and n not in EXTERNAL_METRICS}
         if missing:
             unknown[where] = sorted(missing)
-    assert not unknown, f"metrics used but not exported by the gateway, the services or listed from Ray: {unknown}"
+    assert not unknown, (
+        f"metrics used but not exported by the gateway, the services, listed from Ray or as external: {unknown}"
+    )
+
+
+def test_external_metrics_cannot_stand_in_for_ragrail_or_ray_ones() -> None:
+    """The external list must not become a way round the checks above: no ragrail or Ray names."""
+    for name in EXTERNAL_METRICS:
+        assert not name.lower().startswith(("ragrail", "ray_")), name
+    assert not EXTERNAL_METRICS.keys() & (gateway_metric_names() | service_metric_names() | RAY_METRICS.keys())
+
+
+def test_gpu_panel_prefers_dcgm_and_falls_back_to_ray(tmp_path: Path) -> None:
+    """The GPU panel's queries on synthetic series: Ray's only without DCGM, DCGM's when present."""
+    tool = promtool()
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    [panel] = [p for p in dashboard["panels"] if p["title"] == "GPU utilisation"]
+    # One target per (source, quantity); the legend says which source, "memory" goes right.
+    by_legend = {
+        (t["legendFormat"].rsplit("(", 1)[-1].rstrip(")"), t["legendFormat"].startswith("memory")): t["expr"]
+        for t in panel["targets"]
+    }
+    assert len(by_legend) == len(panel["targets"]) == 4, by_legend
+    dcgm_util, dcgm_mem = by_legend["DCGM", False], by_legend["DCGM", True]
+    ray_util, ray_mem = by_legend["Ray", False], by_legend["Ray", True]
+    ray_series = [
+        {"series": 'ray_node_gpus_utilization{instance="10.0.0.7:8080",GpuIndex="0"}', "values": "42x10"},
+        {"series": 'ray_node_gram_used{instance="10.0.0.7:8080",GpuIndex="0"}', "values": "2048x10"},
+    ]
+    dcgm_series = [
+        {"series": 'DCGM_FI_DEV_GPU_UTIL{Hostname="gpu-node-1",gpu="0",UUID="GPU-1"}', "values": "40x10"},
+        {"series": 'DCGM_FI_DEV_FB_USED{Hostname="gpu-node-1",gpu="0",UUID="GPU-1"}', "values": "2000x10"},
+    ]
+    ray_util_out = [{"labels": '{instance="10.0.0.7:8080",GpuIndex="0"}', "value": 42}]
+    ray_mem_out = [{"labels": '{instance="10.0.0.7:8080",GpuIndex="0"}', "value": 2048}]
+
+    def check(expr: str, expected: list[dict]) -> dict:
+        return {"expr": expr, "eval_time": "5m", "exp_samples": expected}
+
+    cases = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # Ray only (no DCGM exporter): Ray's series, nothing from DCGM.
+                "interval": "1m",
+                "input_series": ray_series,
+                "promql_expr_test": [
+                    check(ray_util, ray_util_out), check(ray_mem, ray_mem_out),
+                    check(dcgm_util, []), check(dcgm_mem, []),
+                ],
+            },
+            {   # Both: DCGM's series only, Ray's hidden.
+                "interval": "1m",
+                "input_series": ray_series + dcgm_series,
+                "promql_expr_test": [
+                    check(dcgm_util, [{"labels": '{Hostname="gpu-node-1",gpu="0"}', "value": 40}]),
+                    check(dcgm_mem, [{"labels": '{Hostname="gpu-node-1",gpu="0"}', "value": 2000}]),
+                    check(ray_util, []), check(ray_mem, []),
+                ],
+            },
+        ],
+    }
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(cases, sort_keys=False))
+    result = subprocess.run([tool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_fallback_reasons_in_rules_exist() -> None:

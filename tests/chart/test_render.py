@@ -25,6 +25,7 @@ CUSTOM_KINDS = {
 FULLNAME = f"{RELEASE}-ragrail"
 GATEWAY = f"{FULLNAME}-gateway"
 CONFIG_PATH = "/etc/ragrail/ragrail.yaml"
+HEALTH_PORT = 8081  # values.yaml gateway.healthPort
 
 
 def _containers(pod_spec: dict) -> dict[str, dict]:
@@ -171,7 +172,10 @@ def test_gateway_runs_the_gateway_command_on_the_chart_config(rendered: Render, 
     [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == f"{FULLNAME}-config" and mount["subPath"] == "ragrail.yaml"
     ports = _ports(gateway)
-    assert ports == {"grpc": r.config["gateway"]["port"], "metrics": r.config["gateway"]["metrics_port"]}
+    expected = {"grpc": r.config["gateway"]["port"], "metrics": r.config["gateway"]["metrics_port"]}
+    if r.config["gateway"]["tls"]:
+        expected["health"] = HEALTH_PORT
+    assert ports == expected
     # Non-root, read-only root filesystem, no privilege escalation.
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
@@ -184,12 +188,44 @@ def test_gateway_probes(rendered: Render, scenario: str) -> None:
     r = rendered(scenario)
     gateway = _containers(_gateway_pod(r)["spec"])["gateway"]
     port = r.config["gateway"]["port"]
+    env = _env(gateway)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "tcpSocket" not in gateway[probe] and "httpGet" not in gateway[probe] and "exec" not in gateway[probe]
         if r.config["gateway"]["tls"]:
-            # The kubelet's gRPC probe cannot speak TLS.
-            assert gateway[probe]["tcpSocket"] == {"port": port}
+            # The kubelet's gRPC probe cannot speak TLS: it asks the plaintext health-only port.
+            assert gateway[probe]["grpc"] == {"port": HEALTH_PORT}
         else:
             assert gateway[probe]["grpc"] == {"port": port}
+    if r.config["gateway"]["tls"]:
+        # `ragrail gateway` serves that port from these variables, bound to the pod's address.
+        assert env["RAGRAIL_GATEWAY_HEALTH_PORT"] == str(HEALTH_PORT)
+        assert env["RAGRAIL_GATEWAY_HEALTH_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert _ports(gateway)["health"] == HEALTH_PORT
+        service = r.get("Service", GATEWAY)
+        assert HEALTH_PORT not in [p.get("targetPort") for p in service["spec"]["ports"]]
+        assert "health" not in [p.get("targetPort") for p in service["spec"]["ports"]]
+    else:
+        assert not env.keys() & {"RAGRAIL_GATEWAY_HEALTH_PORT", "RAGRAIL_GATEWAY_HEALTH_HOST"}
+        assert "health" not in _ports(gateway)
+
+
+def test_gateway_health_port_env_names_are_the_cli_ones() -> None:
+    from ragrail.cli.main import HEALTH_HOST_ENV, HEALTH_PORT_ENV
+
+    template = (CHART / "templates" / "gateway-deployment.yaml").read_text()
+    assert f"name: {HEALTH_PORT_ENV}" in template and f"name: {HEALTH_HOST_ENV}" in template
+
+
+def test_gateway_health_port_must_not_collide() -> None:
+    import helm_python
+
+    tls = {"enabled": True, "secretName": "tls"}
+    with pytest.raises(helm_python.HelmError, match="gateway.healthPort"):
+        _render_with({"gateway": {"tls": tls, "healthPort": 9464}})
+    with pytest.raises(helm_python.HelmError, match="gateway.healthPort"):
+        _render_with({"gateway": {"tls": tls, "healthPort": 50051}})
+    # Without TLS the port is not used, so it cannot collide.
+    _render_with({"gateway": {"healthPort": 50051}})
 
 
 @pytest.mark.parametrize("scenario", SCENARIO_NAMES)
@@ -440,6 +476,8 @@ def test_network_policies(rendered: Render, scenario: str) -> None:
     gateway_labels = _gateway_pod(r)["metadata"]["labels"]
     gw = r.get("NetworkPolicy", GATEWAY)
     assert gw["spec"]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    # No rule names the TLS gateway's plaintext health port: only the pod's own node (the
+    # kubelet's probes) reaches it, which a NetworkPolicy cannot block anyway.
     [public, metrics] = gw["spec"]["ingress"]
     assert public["ports"] == [{"port": "grpc", "protocol": "TCP"}]
     assert public.get("from", []) == SCENARIOS[scenario].get("networkPolicy", {}).get("gateway", {}).get("from", [])
@@ -454,6 +492,21 @@ def test_network_policies(rendered: Render, scenario: str) -> None:
     assert from_gateway and from_gateway[0]["ports"] == [{"port": 9000, "protocol": "TCP"}]
     peers = [p for rule in rules for p in rule["from"]]
     assert {"podSelector": {"matchLabels": ray["spec"]["podSelector"]["matchLabels"]}} in peers
+
+
+def test_health_port_peers_are_opt_in() -> None:
+    node_cidr = [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    r = _render_with({
+        "gateway": {"tls": {"enabled": True, "secretName": "tls"}},
+        "networkPolicy": {"gateway": {"healthFrom": node_cidr}},
+    })
+    rules = r.get("NetworkPolicy", GATEWAY)["spec"]["ingress"]
+    [health] = [rule for rule in rules if {"port": "health", "protocol": "TCP"} in rule["ports"]]
+    assert health == {"ports": [{"port": "health", "protocol": "TCP"}], "from": node_cidr}
+    # Without TLS there is no health port, so no rule either.
+    r = _render_with({"networkPolicy": {"gateway": {"healthFrom": node_cidr}}})
+    rules = r.get("NetworkPolicy", GATEWAY)["spec"]["ingress"]
+    assert all(p["port"] != "health" for rule in rules for p in rule["ports"])
 
 
 def test_notes_explain_grpcurl_over_port_forward(rendered: Render) -> None:

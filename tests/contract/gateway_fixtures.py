@@ -110,6 +110,7 @@ class GatewayFactory:
         routes: Mapping[str, Mapping[int, int]] | None = None,
         gateway: Mapping[str, Any] | None = None,
         backends_for: Callable[[PipelineSpec], Backends] | None = None,
+        health_port: int | None = None,
     ) -> Harness:
         n = len(self.running)
         pipelines_dir = self.root / f"pipelines{n}"
@@ -137,7 +138,9 @@ class GatewayFactory:
         )
         settings = load_settings(None, data_dir=str(data_dir), gateway=g)
         backends = stack.backends
-        running = await start_gateway(settings, backends_for=backends_for or (lambda _spec: backends))
+        running = await start_gateway(
+            settings, backends_for=backends_for or (lambda _spec: backends), health_port=health_port
+        )
         harness = Harness(running, stack, settings, pipelines_dir, data_dir)
         self.running.append(harness)
         return harness

@@ -199,6 +199,76 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(gateways: GatewayF
     assert h.stack.generation.calls == 1
 
 
+async def test_tls_gateway_health_port_answers_health_only_in_plaintext(
+    gateways: GatewayFactory, tmp_path: Path
+) -> None:
+    """The port Kubernetes' gRPC probes use when the gateway port speaks TLS (mTLS here)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from ragrail.common.server import mark_not_serving, mark_serving
+    from ragrail.gateway.server import SERVICE_NAME
+    from ragrail.gateway.v1 import gateway_pb2_grpc
+
+    pki = make_pki(tmp_path / "pki")
+    h = await gateways(
+        [spec("rag")],
+        gateway={
+            "tls": {
+                "cert_file": str(pki.server_cert),
+                "key_file": str(pki.server_key),
+                "client_ca_file": str(pki.ca_cert),
+            }
+        },
+        health_port=0,
+    )
+    assert h.gateway.health_port and h.gateway.health_port != h.gateway.port
+    plain = grpc.aio.insecure_channel(f"127.0.0.1:{h.gateway.health_port}")
+    h.channels.append(plain)
+    health = health_pb2_grpc.HealthStub(plain)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == serving
+    assert (await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)).status == serving
+
+    # Nothing but health: every gateway method, and reflection, is UNIMPLEMENTED there.
+    gateway = gateway_pb2_grpc.GatewayServiceStub(plain)
+    for call in (
+        gateway.Run(run(), timeout=5),
+        gateway.ListPipelines(pb.ListPipelinesRequest(), timeout=5),
+        gateway.Status(pb.StatusRequest(), timeout=5),
+    ):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.UNIMPLEMENTED
+    stream = gateway.RunStream(run(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    reflect = reflection_pb2_grpc.ServerReflectionStub(plain).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in reflect:
+            pass
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    # One status for both ports: a gateway going down is NOT_SERVING on the health port too.
+    await mark_not_serving(h.gateway.health, [SERVICE_NAME])  # type: ignore[arg-type]
+    check = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await mark_serving(h.gateway.health, [SERVICE_NAME])  # type: ignore[arg-type]
+
+    # The gateway port itself still speaks TLS only, and serves mTLS clients.
+    err = await rpc_error(h.stub().Run(run(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    client = tls_channel(h, pki.ca_cert, pki.client_cert, pki.client_key)
+    assert (await h.stub(client).Run(run(), timeout=5)).answer == ANSWER
+
+
+async def test_health_port_is_off_unless_asked_for(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("rag")])
+    assert h.gateway.health_port is None and h.gateway.health_server is None
+
+
 # -- 3. admission --------------------------------------------------------------------------
 
 
@@ -341,6 +411,28 @@ async def test_run_stream_yields_deltas_then_one_final(gateways: GatewayFactory)
     assert (final.final.pipeline, final.final.pipeline_version, final.final.fallback) == ("rag", 1, False)
     assert final.final.request_id
     assert stack.generation.streams[-1].finished
+
+
+async def test_token_usage_is_returned_and_counted_once_per_generation(gateways: GatewayFactory) -> None:
+    stack = FakeStack(generation=FakeGeneration(answer="Paris is the capital."))
+    h = await gateways([spec("rag", cache={"ttl_s": 300})], stack=stack)
+    stub = h.stub()
+    labels = {"pipeline": "rag", "version": "1"}
+
+    answered = await stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)
+    prompt_words = sum(len(m.content.split()) for m in stack.generation.prompts[-1])  # the fake counts words
+    assert (answered.usage.prompt_tokens, answered.usage.completion_tokens) == (prompt_words, 4)
+    assert h.sample("ragrail_gateway_tokens_total", labels | {"kind": "prompt"}) == prompt_words
+    assert h.sample("ragrail_gateway_tokens_total", labels | {"kind": "completion"}) == 4
+
+    cached = await stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)
+    assert cached.cached and cached.usage.completion_tokens == 0  # no model ran
+    assert h.sample("ragrail_gateway_tokens_total", labels | {"kind": "completion"}) == 4
+
+    events = [e async for e in stub.RunStream(pb.RunStreamRequest(pipeline="rag", query="Another question?"),
+                                              timeout=5)]
+    assert events[-1].final.usage.completion_tokens == 4
+    assert h.sample("ragrail_gateway_tokens_total", labels | {"kind": "completion"}) == 8
 
 
 async def test_cancelling_run_stream_cancels_the_generation_stream(gateways: GatewayFactory) -> None:

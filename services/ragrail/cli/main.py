@@ -48,11 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
     up.add_argument("--no-sample", action="store_true", help="do not ingest the sample corpus")
     up.add_argument("--pipelines", type=Path, help="folder of pipeline specs (default: the packaged ones)")
+    _health_args(up)
     up.set_defaults(func=_cmd_up)
 
     gw = sub.add_parser("gateway", help="run only the gateway, against a running Serve (Kubernetes)")
     gw.add_argument("--config", type=Path)
     gw.add_argument("--pipelines", type=Path, help="folder of pipeline specs")
+    _health_args(gw)
     gw.set_defaults(func=_cmd_gateway)
 
     prep = sub.add_parser("prepare-models", help="convert packaged model weights once (idempotent)")
@@ -95,6 +97,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+HEALTH_PORT_ENV = "RAGRAIL_GATEWAY_HEALTH_PORT"
+HEALTH_HOST_ENV = "RAGRAIL_GATEWAY_HEALTH_HOST"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+    return port
+
+
+def _health_args(p: argparse.ArgumentParser) -> None:
+    """The gateway's plaintext health-only port: off unless a flag or the environment sets it."""
+    p.add_argument(
+        "--health-port",
+        type=_port,
+        default=os.environ.get(HEALTH_PORT_ENV) or None,
+        help="also serve grpc.health.v1 alone, in plaintext, on this port: for probes that cannot "
+        f"speak the gateway's TLS, such as Kubernetes' gRPC probe (or {HEALTH_PORT_ENV}; default off)",
+    )
+    p.add_argument(
+        "--health-host",
+        default=os.environ.get(HEALTH_HOST_ENV) or None,
+        help=f"address the health port binds (or {HEALTH_HOST_ENV}; default gateway.host)",
+    )
+
+
 def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
     p.add_argument("--address", default=os.environ.get("RAGRAIL_ADDRESS", DEFAULT_ADDRESS))
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
@@ -135,7 +167,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack.start()
         log.info("services running on Serve's gRPC proxy %s:%d", settings.serve.host, settings.serve.grpc_port)
         return asyncio.run(
-            _serve_gateway(settings, started, ingest_sample=not args.no_sample, statuses=service_statuses)
+            _serve_gateway(
+                settings,
+                started,
+                ingest_sample=not args.no_sample,
+                statuses=service_statuses,
+                health=(args.health_host, args.health_port),
+            )
         )
     finally:
         log.info("stopping Ray")
@@ -144,11 +182,20 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve_gateway(_settings(args), time.monotonic(), ingest_sample=False))
+    return asyncio.run(
+        _serve_gateway(
+            _settings(args), time.monotonic(), ingest_sample=False, health=(args.health_host, args.health_port)
+        )
+    )
 
 
 async def _serve_gateway(
-    settings: object, started: float, *, ingest_sample: bool, statuses: object = None
+    settings: object,
+    started: float,
+    *,
+    ingest_sample: bool,
+    statuses: object = None,
+    health: tuple[str | None, int | None] = (None, None),
 ) -> int:
     from ragrail.common.config import Settings
     from ragrail.gateway.server import start_gateway
@@ -158,7 +205,13 @@ async def _serve_gateway(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(settings, service_statuses=statuses)  # type: ignore[arg-type]
+    health_host, health_port = health
+    gateway = await start_gateway(
+        settings,
+        service_statuses=statuses,  # type: ignore[arg-type]
+        health_port=health_port,
+        health_host=health_host,
+    )
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
     try:
         if ingest_sample:
@@ -167,6 +220,8 @@ async def _serve_gateway(
             except RagrailError as exc:  # the stack still serves; status says what is wrong
                 log.warning("could not ingest the sample corpus: %s", exc.message)
         metrics = f", metrics http://{settings.gateway.host}:{gateway.metrics_port}/metrics" if gateway.metrics_port else ""
+        if gateway.health_port is not None:
+            metrics += f", health (plaintext) on {health_host or settings.gateway.host}:{gateway.health_port}"
         print(
             f"ragrail ready: gateway on {settings.gateway.host}:{gateway.port}{metrics} "
             f"({time.monotonic() - started:.1f} s). Ctrl-C to stop.",

@@ -1,7 +1,8 @@
 """One factory for every plain grpc.aio server: production and tests on port 0.
 
 Each server gets health checking (grpc.health.v1), reflection (so grpcurl works
-without proto files) and bounded message sizes.
+without proto files) and bounded message sizes. ``create_health_server`` makes the
+optional companion a TLS server needs for probes that speak plaintext only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,37 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
     return server, port, health_servicer
+
+
+def create_health_server(
+    address: str, health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """Builds (not starts) a plaintext server with grpc.health.v1 and nothing else.
+
+    Kubernetes' gRPC probe cannot speak TLS, so a TLS server's probes need a plaintext
+    port; this one answers ``Health/Check`` and ``Health/Watch`` only (no reflection, no
+    other service: anything else is UNIMPLEMENTED). It shares ``health_servicer`` with the
+    main server, so both always report the same status.
+    """
+    server = grpc.aio.server(
+        options=[
+            # Health requests are a service name: nothing bigger needs to get in.
+            ("grpc.max_receive_message_length", 4096),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind the health server to {address}")
+    return server, port
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` for a gRPC bind address, with an IPv6 host in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
