@@ -626,6 +626,20 @@ async def test_a_stream_that_stalls_after_the_first_token_ends_at_the_deadline(s
     assert record.cancelled or record.closed
 
 
+async def test_a_stream_stall_counts_against_the_backend_only_when_the_caller_did_not_bound_it(
+    stack: FakeStack,
+) -> None:
+    runner = make_runner(failure_threshold=1)
+    stack.generation.stream_stall_after = 1
+    async with asyncio.timeout(5):
+        with pytest.raises(DeadlineExceeded):  # the caller's deadline: its choice, no verdict
+            await collect(make_pipeline(stack, runner=runner), QUESTION, Deadline(0.3, caller_bound=True))
+        assert runner.breaker("generation").state is CircuitState.CLOSED
+        with pytest.raises(StageTimeout):  # our own budget: the backend stalled
+            await collect(make_pipeline(stack, runner=runner), QUESTION, deadline(0.3))
+    assert runner.breaker("generation").state is CircuitState.OPEN
+
+
 async def test_a_stream_failure_opens_the_circuit_and_later_streams_fail_fast(stack: FakeStack) -> None:
     runner = make_runner(failure_threshold=2)
     pipeline = make_pipeline(stack, runner=runner)

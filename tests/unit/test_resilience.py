@@ -399,6 +399,20 @@ async def test_timeouts_count_as_breaker_failures() -> None:
     assert runner.breaker("retrieval").state is CircuitState.OPEN
 
 
+@pytest.mark.parametrize("caller_bound", [False, True], ids=["pipeline budget", "caller deadline"])
+async def test_a_timeout_cut_short_by_the_deadline_does_not_count(caller_bound: bool) -> None:
+    """Tight deadlines must not let one caller open a circuit every pipeline shares."""
+    runner = make_runner(failure_threshold=1)
+    for _ in range(3):
+        with pytest.raises(DeadlineExceeded if caller_bound else StageTimeout):
+            await call(runner, Scripted(hang=True), timeout_s=30, deadline=Deadline(0.02, caller_bound=caller_bound))
+    assert runner.breaker("retrieval").state is CircuitState.CLOSED
+    # The stage's own timeout, inside the deadline, still counts.
+    with pytest.raises(StageTimeout):
+        await call(runner, Scripted(hang=True), timeout_s=0.02, deadline=Deadline(30, caller_bound=caller_bound))
+    assert runner.breaker("retrieval").state is CircuitState.OPEN
+
+
 async def test_breakers_are_per_backend() -> None:
     runner = make_runner(failure_threshold=1)
     with pytest.raises(BackendUnavailable):

@@ -328,7 +328,12 @@ class RagPipeline(Pipeline):
                     delta = await anext(stream, None)
             breaker.record_success()
         except BaseException as exc:
-            failure = self.runner.settle("generate", backend, exc, deadline, "the stream did not finish in time")
+            # Before the first token the stage's timeout applies; after it only the deadline,
+            # which says something about the backend unless the caller chose it.
+            cut_short = first_token_s < gen_spec.timeout_s if not parts else deadline.caller_bound
+            failure = self.runner.settle(
+                "generate", backend, exc, deadline, "the stream did not finish in time", cut_short=cut_short
+            )
             if failure is None:
                 raise
             raise failure from None

@@ -109,7 +109,10 @@ class StageRunner:
                     log.info("retrying %s on %s (attempt %d): %s", stage, backend, attempt + 1, exc.message)
                     await self._sleep(min(backoff_s(attempt), max(0.0, deadline.remaining())))
                     continue
-                failure = self.settle(stage, backend, exc, deadline, f"no answer from {backend} within {timeout:.2f} s")
+                failure = self.settle(
+                    stage, backend, exc, deadline, f"no answer from {backend} within {timeout:.2f} s",
+                    cut_short=timeout < timeout_s,
+                )
                 if failure is None:
                     raise
                 raise failure from None
@@ -117,13 +120,28 @@ class StageRunner:
             return result
 
     def settle(
-        self, stage: str, backend: str, exc: BaseException, deadline: Deadline, timeout_detail: str
+        self,
+        stage: str,
+        backend: str,
+        exc: BaseException,
+        deadline: Deadline,
+        timeout_detail: str,
+        *,
+        cut_short: bool = False,
     ) -> Exception | None:
         """Books a failed call on the backend's breaker; returns the StageFailure the
-        pipeline should see, or None when ``exc`` itself should propagate."""
+        pipeline should see, or None when ``exc`` itself should propagate.
+
+        ``cut_short``: the deadline, not the stage's own timeout, bounded the call. Such a
+        timeout says nothing about the backend; counting it would let callers with tight
+        deadlines (or one slow earlier stage) open a circuit every pipeline shares.
+        """
         breaker = self.breaker(backend)
         if isinstance(exc, TimeoutError | DeadlineExceeded):
-            breaker.record_failure()
+            if cut_short:
+                breaker.abandon_probe()  # no verdict: neither healthy nor failed
+            else:
+                breaker.record_failure()
             return timeout_error(stage, timeout_detail, deadline)
         if isinstance(exc, Unavailable):
             breaker.record_failure()
