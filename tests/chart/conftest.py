@@ -177,6 +177,26 @@ def rayservice_crd_schema() -> dict[str, Any]:
     return strict_structural(version["schema"]["openAPIV3Schema"])
 
 
+PROMETHEUS_OPERATOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+@pytest.fixture(scope="session")
+def prometheus_operator_schemas() -> dict[str, dict[str, Any]]:
+    """JSON schemas of the Prometheus Operator's monitoring.coreos.com/v1 kinds.
+
+    The CRDs themselves are not downloadable here; cloudcoil's models are generated from
+    them (prometheus-operator 0.80) and ship on PyPI, so their JSON schema is the CRD's,
+    made strict the same way as the RayService's.
+    """
+    models = pytest.importorskip(
+        "cloudcoil.models.prometheus_operator.v1", reason="cloudcoil-models-prometheus-operator is not installed"
+    )
+    return {
+        kind: strict_structural(getattr(models, kind).model_json_schema(by_alias=True))
+        for kind in PROMETHEUS_OPERATOR_KINDS
+    }
+
+
 def strict_structural(node: Any) -> Any:
     """additionalProperties: false wherever an OpenAPI schema lists properties and does not
     preserve unknown fields, as the API server's pruning effectively does (there, silently)."""

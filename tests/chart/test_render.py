@@ -10,12 +10,20 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, KUBE_VERSION, NAMESPACE, RELEASE, SCENARIOS, Rendered
+from tests.chart.conftest import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    PROMETHEUS_OPERATOR_KINDS,
+    RELEASE,
+    SCENARIOS,
+    Rendered,
+)
 
 Render = Callable[[str], Rendered]
 SCENARIO_NAMES = sorted(SCENARIOS)
-# Custom resources: the RayService is checked against KubeRay's CRD below; the Prometheus
-# Operator's CRDs are not available offline, so their objects get structural checks here.
+# Custom resources: the RayService is checked against KubeRay's CRD, the Prometheus Operator's
+# kinds against schemas generated from its CRDs (both below).
 CUSTOM_KINDS = {
     ("ray.io/v1", "RayService"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -107,6 +115,46 @@ def test_the_crd_check_catches_an_unknown_field(rendered: Render, rayservice_crd
     rs = copy.deepcopy(rendered("default").get("RayService"))
     rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
     assert not jsonschema.Draft202012Validator(rayservice_crd_schema).is_valid(rs)
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_monitoring_objects_validate_against_the_prometheus_operator_crds(
+    rendered: Render, scenario: str, prometheus_operator_schemas: dict[str, dict]
+) -> None:
+    import jsonschema
+
+    checked = 0
+    for kind in PROMETHEUS_OPERATOR_KINDS:
+        for obj in rendered(scenario).all(kind):
+            validator = jsonschema.Draft202012Validator(prometheus_operator_schemas[kind])
+            errors = sorted(validator.iter_errors(obj), key=str)
+            assert not errors, f"{kind} {obj['metadata']['name']}:\n" + "\n".join(
+                f"{'.'.join(map(str, e.path))}: {e.message[:200]}" for e in errors[:10]
+            )
+            checked += 1
+    if scenario == "default":
+        assert checked == len(PROMETHEUS_OPERATOR_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "breakage"),
+    [
+        ("ServiceMonitor", lambda o: o["spec"]["endpoints"][0].update(interval_seconds=30)),  # a typo'd field
+        ("PodMonitor", lambda o: o["spec"].update(podMetricsEndpoints={"port": "metrics"})),  # not a list
+        ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].pop("expr")),  # required
+    ],
+)
+def test_the_prometheus_operator_check_catches_broken_objects(
+    rendered: Render, prometheus_operator_schemas: dict[str, dict], kind: str, breakage: Callable[[dict], Any]
+) -> None:
+    import copy
+
+    import jsonschema
+
+    obj = copy.deepcopy(rendered("default").get(kind))
+    assert jsonschema.Draft202012Validator(prometheus_operator_schemas[kind]).is_valid(obj)
+    breakage(obj)
+    assert not jsonschema.Draft202012Validator(prometheus_operator_schemas[kind]).is_valid(obj)
 
 
 # -- serveConfigV2: Ray's schema, and the same mapping as ragrail.kube -------------------------
