@@ -11,9 +11,10 @@ the machine can do when every caller's texts are batched together.
 Ratio = service texts/s / in-process texts/s for the same shape. Goal: >= 0.8 at
 32 callers.
 
-Single-text calls are bound by the per-call cost of Serve's Python gRPC proxy,
-which shares the CPU with the model here (see docs/benchmarks.md): try
-``--set serve.fast_path=true`` and ``--set embedding.batch_wait_s=...``.
+Single-text calls are bound by the per-call cost of the ingress, which shares the
+CPU with the model here (see docs/benchmarks.md): ``--set serve.fast_path=false``
+measures Serve's Python proxy instead of HAProxy (the default), and
+``--set embedding.batch_wait_s=...`` trades idle latency for batch size.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from ragrail.common.config import Settings
-from ragrail.stack import REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES, app_import_path
+from ragrail.stack import FAST_PATH_ENV, REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES, app_import_path
 
 # The names given by @serve.deployment(name=...) in ragrail.<service>.deployment.
 DEPLOYMENT_NAMES = {
@@ -101,6 +101,7 @@ def chart_constants() -> dict[str, Any]:
         ],
         "grpc_servicer_functions": list(SERVICER_FUNCTIONS),
         "replica_env": dict(REPLICA_ENV),
+        "fast_path_env": dict(FAST_PATH_ENV),
         "logging_config": dict(LOGGING_CONFIG),
         "proxy_location": PROXY_LOCATION,
         "proxy_host": PROXY_HOST,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -33,6 +34,8 @@ SERVICER_FUNCTIONS = [
 ]
 # Replicas need no model hub, ever: weights come from packages or folders.
 REPLICA_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Serve's fast path (serve.fast_path): set on every node before Ray starts.
+FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def app_import_path(service: str) -> str:
@@ -93,9 +96,13 @@ class LocalStack:
         # folder below this base: keep the base short.
         haproxy = Path(tempfile.mkdtemp(prefix="rgh", dir="/tmp"))
         self.extra_dirs.append(haproxy)
-        return {
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        grpc_ports = free_port_block(2 * PORT_BLOCK)  # gRPC, then HTTP
+        http_ports = grpc_ports + PORT_BLOCK
+        return FAST_PATH_ENV | {
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_ports),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_ports + PORT_BLOCK - 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_ports),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_ports + PORT_BLOCK - 1),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
@@ -193,6 +200,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Direct-ingress ports per stack: blocks below Linux's ephemeral range (32768+).
+PORT_BLOCK = 64
+PORT_BLOCKS_FROM, PORT_BLOCKS_TO = 20_000, 32_000
+
+
+def free_port_block(size: int = PORT_BLOCK, rng: random.Random | None = None) -> int:
+    """First port of ``size`` consecutive ports nobody listens on (all interfaces), at random.
+
+    Why: Ray 2.60 starts each replica's direct-ingress gRPC server from the same fixed base
+    (40000) on every cluster, and asks gRPC to turn SO_REUSEPORT off with a string option
+    that gRPC ignores: a second stack on the machine binds the *same* ports, and the kernel
+    spreads one stack's calls over the other's replicas. Each stack gets its own block.
+    """
+    rng = rng or random.SystemRandom()
+    starts = list(range(PORT_BLOCKS_FROM, PORT_BLOCKS_TO - size, size))
+    rng.shuffle(starts)
+    for start in starts:
+        if all(_bindable(port) for port in range(start, start + size)):
+            return start
+    raise FailedPrecondition(f"no {size} free consecutive ports between {PORT_BLOCKS_FROM} and {PORT_BLOCKS_TO}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] covers IPv4 too, as gRPC binds
+            sock.bind(("::", port))
+        except OSError:
+            return False
+    return True
 
 
 def _value(status: object) -> str:

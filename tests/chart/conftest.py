@@ -67,6 +67,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "persistence": {"enabled": True, "size": "50Gi", "storageClassName": "fast-rwx"},
         },
         "rayService": {
+            "fastPath": True,
             "serveEnv": {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"},
             "workerGroups": [
                 {"name": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 2,

@@ -186,7 +186,7 @@ def test_default_config_is_the_packaged_one_plus_kubernetes_wiring(rendered: Ren
 
     packaged = yaml.safe_load(resources.files("ragrail.config").joinpath("ragrail.yaml").read_text())
     config = rendered("default").config
-    wired = {"data_dir", "models_dir", "serve.host", "gateway.host", "gateway.serve_address",
+    wired = {"data_dir", "models_dir", "serve.host", "serve.fast_path", "gateway.host", "gateway.serve_address",
              "gateway.pipelines_dir", "gateway.auth", "retrieval.qdrant_url"}
 
     def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -205,6 +205,20 @@ def test_default_config_is_the_packaged_one_plus_kubernetes_wiring(rendered: Ren
     assert config["models_dir"] == "/models"
     assert config["retrieval"]["qdrant_url"] == f"http://{RELEASE}-qdrant:6333"
     assert config["gateway"]["auth"] == {"enabled": True, "keys_file": "/etc/ragrail/auth/keys.yaml"}
+    assert config["serve"]["fast_path"] is False  # rayService.fastPath, off in the chart
+
+
+@pytest.mark.parametrize(("scenario", "on"), [("default", False), ("gpu", True)])
+def test_fast_path_value_sets_serve_env_on_every_ray_pod_and_the_config(
+    rendered: Render, scenario: str, on: bool
+) -> None:
+    from ragrail.stack import FAST_PATH_ENV
+
+    r = rendered(scenario)
+    assert r.config["serve"]["fast_path"] is on
+    for group, template in _ray_pod_templates(r.get("RayService")):
+        env = _env(template["spec"]["containers"][0])
+        assert {k: env.get(k) for k in FAST_PATH_ENV} == (FAST_PATH_ENV if on else dict.fromkeys(FAST_PATH_ENV)), group
 
 
 # -- the gateway -----------------------------------------------------------------------------

@@ -5,6 +5,10 @@ this process (its own stack: the shared one runs with tracing off, the default).
 every Serve replica export their spans there; the checks: the services' spans share the run's
 trace id and hang under the gateway's stage spans, so the W3C ``traceparent`` the gateway sends
 crossed Ray Serve's gRPC proxy, and each process names itself (``ragrail-<service>``).
+
+This stack runs Serve's Python proxy (``serve.fast_path: false``), so that mode keeps an end-to-end
+check too (a ``Run`` answered through it, one trace); the shared and scale stacks run the default
+fast path (HAProxy).
 """
 
 from __future__ import annotations
@@ -56,13 +60,17 @@ def received_spans(collector: Collector) -> list[Span]:
     return out
 
 
+def _python_proxy(config: dict) -> None:
+    config["serve"]["fast_path"] = False
+
+
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Collector]]:
     collector = Collector()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
         env.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # ms: spans reach the receiver quickly
-        stacks = running_stack(tmp_path_factory.mktemp("traced-stack"))
+        stacks = running_stack(tmp_path_factory.mktemp("traced-stack"), _python_proxy)
         stack = next(stacks)
     try:
         yield stack, collector

@@ -167,9 +167,9 @@ class ServeSettings(Strict):
     request_timeout_s: float = Field(120.0, gt=0)
     num_cpus: float | None = Field(None, description="CPUs for the local Ray cluster; default all")
     fast_path: bool = Field(
-        False,
+        True,
         description="Serve's HAProxy ingress + throughput-optimized mode (RAY_SERVE_ENABLE_HA_PROXY, "
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED); see docs/fast-path.md",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED); false: Serve's Python gRPC proxy (see README, Serve's fast path)",
     )
     startup_timeout_s: float = Field(
         120.0, gt=0, description="how long `up` waits for services; pending ones are then reported, not awaited"

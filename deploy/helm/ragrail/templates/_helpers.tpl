@@ -157,7 +157,7 @@ app.kubernetes.io/component: ray
 {{- $wired := dict
   "data_dir" (include "ragrail.dataDir" .)
   "models_dir" .Values.models.mountPath
-  "serve" (dict "host" "0.0.0.0")
+  "serve" (dict "host" "0.0.0.0" "fast_path" .Values.rayService.fastPath)
   "gateway" (dict
     "host" "0.0.0.0"
     "serve_address" (printf "%s:%v" (include "ragrail.serveServiceName" .) (int (dig "serve" "grpc_port" 9000 $cfg)))
@@ -266,6 +266,12 @@ annotations:
 {{- range $k, $v := (include "ragrail.serveEnvJson" . | fromJson) }}
 - name: {{ $k }}
   value: {{ $v | quote }}
+{{- end }}
+{{- if .Values.rayService.fastPath }}
+{{- range $k, $v := (.Files.Get "files/serve.yaml" | fromYaml).fast_path_env }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
 {{- end }}
 {{- $ref := include "ragrail.qdrantApiKeyRef" . -}}
 {{- if $ref }}

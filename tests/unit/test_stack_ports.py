@@ -1,0 +1,56 @@
+"""The local stack's fast-path ports: each stack gets its own, never another's."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+
+import pytest
+
+from ragrail import stack
+from ragrail.stack import PORT_BLOCK, LocalStack, free_port_block
+
+
+def test_a_port_block_skips_blocks_where_anything_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "PORT_BLOCKS_FROM", 0)
+    monkeypatch.setattr(stack, "PORT_BLOCKS_TO", 0)
+    with socket.socket(socket.AF_INET6) as busy:
+        busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        busy.bind(("::", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # Only two candidate blocks: the one holding the busy port, and the next.
+        first = port - port % PORT_BLOCK
+        monkeypatch.setattr(stack, "PORT_BLOCKS_FROM", first)
+        monkeypatch.setattr(stack, "PORT_BLOCKS_TO", first + 3 * PORT_BLOCK)
+        for seed in range(5):
+            start = free_port_block(rng=random.Random(seed))
+            assert not start <= port < start + PORT_BLOCK
+
+
+def test_no_free_block_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "_bindable", lambda port: False)
+    with pytest.raises(Exception, match="no 64 free consecutive ports"):
+        free_port_block()
+
+
+def test_fast_path_env_gives_each_stack_its_own_direct_ingress_ports() -> None:
+    from ragrail.common.config import load_settings
+
+    stacks = [LocalStack(load_settings(None)) for _ in range(2)]
+    try:
+        envs = [s.fast_path_env() for s in stacks]
+    finally:
+        for s in stacks:
+            for folder in [s.temp_dir, *s.extra_dirs]:
+                shutil.rmtree(folder, ignore_errors=True)
+    for env in envs:
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        grpc_min, grpc_max = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"])
+        http_min, http_max = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+        assert grpc_max - grpc_min == http_max - http_min == PORT_BLOCK - 1
+        assert not set(range(grpc_min, grpc_max + 1)) & set(range(http_min, http_max + 1))
+    # Blocks are random: two stacks started in the same second could draw the same one (about
+    # 1 in 90), so this checks the mechanism, not that luck: each stack has its own HAProxy files.
+    assert envs[0]["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != envs[1]["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
