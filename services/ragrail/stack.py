@@ -99,6 +99,9 @@ class LocalStack:
         grpc_ports = free_port_block(2 * PORT_BLOCK)  # gRPC, then HTTP
         http_ports = grpc_ports + PORT_BLOCK
         return FAST_PATH_ENV | {
+            # A stopping replica waits this long (default 30 s) for an external load balancer
+            # to let go of it; here only our own HAProxy routes, and Ctrl-C would take 30 s.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_ports),
             "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_ports + PORT_BLOCK - 1),
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_ports),

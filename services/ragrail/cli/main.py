@@ -165,7 +165,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
     try:
         stack.start()
-        log.info("services running on Serve's gRPC proxy %s:%d", settings.serve.host, settings.serve.grpc_port)
+        ingress = "HAProxy, Serve's fast path" if settings.serve.fast_path else "Serve's Python proxy"
+        log.info("services running on Serve's gRPC port %s:%d (%s)", settings.serve.host, settings.serve.grpc_port, ingress)
         return asyncio.run(
             _serve_gateway(
                 settings,
@@ -349,7 +350,11 @@ def _print_details(response: object) -> None:
     fallback = f"yes ({reason})" if r.fallback else "no"
     total_ms = sum(t.duration_ms for t in r.timings)
     cached = "  (cached)" if r.cached else ""
-    print(f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms  request: {r.request_id}{cached}")
+    tokens = f"  tokens: {r.usage.prompt_tokens} in, {r.usage.completion_tokens} out" if r.usage.completion_tokens else ""
+    print(
+        f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms{tokens}  "
+        f"request: {r.request_id}{cached}"
+    )
 
 
 def _cmd_pipelines(args: argparse.Namespace) -> int:
