@@ -98,6 +98,7 @@ class LocalStack:
         self.extra_dirs.append(haproxy)
         grpc_ports = free_port_block(2 * PORT_BLOCK)  # gRPC, then HTTP
         http_ports = grpc_ports + PORT_BLOCK
+        log.info("fast path: HAProxy files in %s, replica ports %d-%d", haproxy, grpc_ports, http_ports + PORT_BLOCK - 1)
         return FAST_PATH_ENV | {
             # A stopping replica waits this long (default 30 s) for an external load balancer
             # to let go of it; here only our own HAProxy routes, and Ctrl-C would take 30 s.

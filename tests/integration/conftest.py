@@ -142,6 +142,10 @@ def running_stack(tmp: Path, mutate: Callable[[dict], None] | None = None) -> It
     assert code == 0, f"ragrail up exited with {code}; log:\n{log_path.read_text()[-3000:]}"
     time.sleep(1)
     leftovers = ray_processes(ray_temp)
+    # HAProxy (the fast path) runs from its own folder, named in the log: it must be gone too.
+    haproxy = re.search(r"fast path: HAProxy files in (\S+),", log_path.read_text())
+    if haproxy:
+        leftovers += ray_processes(haproxy.group(1))
     assert not leftovers, f"processes left after Ctrl-C: {leftovers}"
 
 
