@@ -229,10 +229,16 @@ def free_port_block(size: int = PORT_BLOCK, rng: random.Random | None = None) ->
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET6) as sock:
+    """Free on every interface, as gRPC binds ``[::]`` (IPv4 too), or ``0.0.0.0`` without IPv6."""
+    try:
+        sock = socket.socket(socket.AF_INET6)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", port)
+    except OSError:  # no IPv6 in this network namespace
+        sock, address = socket.socket(socket.AF_INET), ("0.0.0.0", port)
+    with sock:
         try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] covers IPv4 too, as gRPC binds
-            sock.bind(("::", port))
+            sock.bind(address)
         except OSError:
             return False
     return True

@@ -54,3 +54,20 @@ def test_fast_path_env_gives_each_stack_its_own_direct_ingress_ports() -> None:
     # Blocks are random: two stacks started in the same second could draw the same one (about
     # 1 in 90), so this checks the mechanism, not that luck: each stack has its own HAProxy files.
     assert envs[0]["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != envs[1]["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+
+
+def test_ports_are_checked_on_ipv4_where_ipv6_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return real(family, *args)  # type: ignore[arg-type]
+
+    with real(socket.AF_INET) as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setattr(stack.socket, "socket", no_ipv6)
+        assert stack._bindable(port) is False
+        assert stack._bindable(stack.free_port()) is True
