@@ -13,20 +13,21 @@ from ragrail.stack import PORT_BLOCK, LocalStack, free_port_block
 
 
 def test_a_port_block_skips_blocks_where_anything_listens(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stack, "PORT_BLOCKS_FROM", 0)
-    monkeypatch.setattr(stack, "PORT_BLOCKS_TO", 0)
-    with socket.socket(socket.AF_INET6) as busy:
-        busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        busy.bind(("::", 0))
+    base = 20_000
+    busy = {base + 5, base + 3 * PORT_BLOCK}  # inside the first block; the first port of the fourth
+    monkeypatch.setattr(stack, "PORT_BLOCKS_FROM", base)
+    monkeypatch.setattr(stack, "PORT_BLOCKS_TO", base + 5 * PORT_BLOCK + 1)  # five candidate blocks
+    monkeypatch.setattr(stack, "_bindable", lambda port: port not in busy)
+    chosen = {free_port_block(rng=random.Random(seed)) for seed in range(30)}
+    assert chosen == {base + PORT_BLOCK, base + 2 * PORT_BLOCK, base + 4 * PORT_BLOCK}
+
+
+def test_a_port_someone_listens_on_is_not_bindable() -> None:
+    with socket.socket(socket.AF_INET) as busy:  # IPv4 only: [::] must still see it taken
+        busy.bind(("0.0.0.0", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        # Only two candidate blocks: the one holding the busy port, and the next.
-        first = port - port % PORT_BLOCK
-        monkeypatch.setattr(stack, "PORT_BLOCKS_FROM", first)
-        monkeypatch.setattr(stack, "PORT_BLOCKS_TO", first + 3 * PORT_BLOCK)
-        for seed in range(5):
-            start = free_port_block(rng=random.Random(seed))
-            assert not start <= port < start + PORT_BLOCK
+        assert stack._bindable(busy.getsockname()[1]) is False
+    assert stack._bindable(stack.free_port()) is True
 
 
 def test_no_free_block_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
