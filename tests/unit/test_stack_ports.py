@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from ragrail import stack
+from ragrail.common.errors import FailedPrecondition
 from ragrail.stack import PORT_BLOCK, LocalStack, free_port_block
 
 
@@ -32,7 +33,7 @@ def test_a_port_someone_listens_on_is_not_bindable() -> None:
 
 def test_no_free_block_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stack, "_bindable", lambda port: False)
-    with pytest.raises(Exception, match="no 64 free consecutive ports"):
+    with pytest.raises(FailedPrecondition, match="no 64 free consecutive ports"):
         free_port_block()
 
 
