@@ -31,9 +31,8 @@ def use_cpu_threads(threads: int | None) -> int:
     """Sets torch's intra-op threads for this replica and returns the number.
 
     Ray exports OMP_NUM_THREADS=1 to an actor with a fractional num_cpus (the
-    local stack's defaults), which alone made the embedding replica run at a
-    third of in-process speed on two cores. Unset means every core the process
-    may run on, what torch picks outside Ray.
+    local stack's defaults), so torch ran every model replica on one thread.
+    Unset means every core the process may run on, what torch picks outside Ray.
     """
     import torch
 
