@@ -191,7 +191,7 @@ async def start_gateway(
     servicer, loader = build_gateway(settings, channel, backends_for)
     servicer.state.service_statuses = service_statuses
     server, port, health = create_server(
-        f"{g.host}:{g.port}",
+        host_port(g.host, g.port),
         [ServiceBinding(servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)],
         max_message_bytes=g.max_message_bytes,
         credentials=_credentials(settings),
