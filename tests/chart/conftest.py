@@ -38,6 +38,14 @@ KEY_ENTRY = {
     "rate_per_s": 5,
     "burst": 10,
 }
+INGEST_ONLY_KEY_ENTRY = {  # the schema's "pipelines may be empty only with ingest: true" branch
+    "name": "indexer",
+    "sha256": "b" * 64,
+    "pipelines": [],
+    "ingest": True,
+    "rate_per_s": 1,
+    "burst": 2,
+}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "cpu-embedded": {
@@ -91,7 +99,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "tls": {
         "gateway": {
             "tls": {"enabled": True, "secretName": "ragrail-gateway-tls", "clientAuth": True},
-            "auth": {"keys": [KEY_ENTRY]},
+            "auth": {"keys": [KEY_ENTRY, INGEST_ONLY_KEY_ENTRY]},
             "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]},
         },
         "networkPolicy": {"gateway": {"from": [{"namespaceSelector": {"matchLabels": {"team": "backend"}}}]}},

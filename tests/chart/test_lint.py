@@ -78,6 +78,8 @@ def test_a_template_producing_invalid_yaml_fails_lint(chart_copy: Path) -> None:
         ),
         ({"rayService": {"workerGroups": [{"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 2, "gpus": "one"}]}}, "gpus"),
         ({"gateway": {"auth": {"keys": [{"name": "x", "sha256": "not-a-hash", "pipelines": ["*"], "rate_per_s": 1, "burst": 1}]}}}, "sha256"),
+        ({"gateway": {"auth": {"keys": [{"name": "x", "sha256": "a" * 64, "pipelines": [], "rate_per_s": 1, "burst": 1}]}}}, "pipelines"),
+        ({"gateway": {"auth": {"keys": [{"name": "x", "sha256": "a" * 64, "pipelines": ["*"], "ingest": "yes", "rate_per_s": 1, "burst": 1}]}}}, "ingest"),
         ({"pipelines": {"rag@3.yaml": "name: rag"}}, "rag@3.yaml"),
         ({"monitoring": {"serviceMonitor": {"interval": "often"}}}, "interval"),
         ({"gateway": {"healthPort": 0}}, "/gateway/healthPort"),

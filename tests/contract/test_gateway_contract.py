@@ -8,6 +8,7 @@ feedback, status and circuits, hot reload, streaming and deadlines.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from ragrail.gateway.auth import hash_key
 from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.v1 import gateway_pb2 as pb
-from tests.contract.gateway_fixtures import GatewayFactory, Harness, make_pki, spec, write_spec
+from tests.contract.gateway_fixtures import COLLECTION, GatewayFactory, Harness, make_pki, spec, write_spec
 from tests.unit.fakes import FakeGeneration, FakeStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -535,3 +536,163 @@ async def test_the_caller_deadline_is_an_error_and_the_budget_a_canned_answer(ga
     assert response.fallback_reason == pb.FALLBACK_REASON_STAGE_TIMEOUT
     assert response.failed_stage == "generate"
     assert h.stack.generation.faults.cancelled == 2
+
+
+# -- 9. undecodable requests -------------------------------------------------------------------
+
+GATEWAY = "/ragrail.gateway.v1.GatewayService"
+MARK = "MARK"
+NOT_UTF8 = b"\xff\xfe\xfd\xfc"  # as long as MARK: swapping it in keeps every length prefix right
+CORRUPT = b"\xff\xff\xff"  # for messages without a string field: not even a valid wire format
+
+
+def not_utf8(message: Any) -> bytes:
+    raw = message.SerializeToString()
+    assert raw.count(MARK.encode()) == 1
+    return raw.replace(MARK.encode(), NOT_UTF8)
+
+
+UNDECODABLE = [
+    ("Run", "RunRequest", not_utf8(pb.RunRequest(pipeline="rag", query=MARK)), "bad UTF-8"),
+    ("RunStream", "RunStreamRequest", not_utf8(pb.RunStreamRequest(pipeline="rag", query=MARK)), "bad UTF-8"),
+    ("ListPipelines", "ListPipelinesRequest", CORRUPT, "corrupt"),
+    (
+        "Ingest",
+        "IngestRequest",
+        not_utf8(pb.IngestRequest(documents=[pb.Document(document_id="a.md", text=MARK)])),
+        "bad UTF-8",
+    ),
+    ("Feedback", "FeedbackRequest", not_utf8(pb.FeedbackRequest(request_id=MARK, rating=3)), "bad UTF-8"),
+    ("Status", "StatusRequest", CORRUPT, "corrupt"),
+]
+
+
+async def raw_call(channel: grpc.aio.Channel, method: str, raw: bytes, *, streaming: bool = False) -> Any:
+    """Sends ``raw`` as the request bytes: no client-side serializer to refuse them."""
+    if streaming:
+        return [r async for r in channel.unary_stream(method)(raw, metadata=(), timeout=5)]
+    return await channel.unary_unary(method, request_serializer=None)(raw, timeout=5)
+
+
+def assert_logged_once_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text, caplog.text
+    warnings = [r for r in caplog.records if r.name == "ragrail.common.interceptors"]
+    assert [r.levelno for r in warnings] == [logging.WARNING], caplog.text
+    assert "rejected an undecodable request" in warnings[0].getMessage()
+
+
+async def test_undecodable_requests_are_invalid_argument_before_auth(
+    auth_gw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every gateway RPC, no key sent: decoding comes first, and says what is wrong in one line."""
+    channel = auth_gw.channel()
+    stack = auth_gw.stack
+    calls_before = (stack.embedding.faults.attempts, stack.moderation.faults.attempts)  # the startup probe
+    caplog.set_level(logging.DEBUG)
+    for rpc, message, raw, reason in UNDECODABLE:
+        err = await rpc_error(raw_call(channel, f"{GATEWAY}/{rpc}", raw, streaming=rpc == "RunStream"))
+        assert_clean_error(
+            err, grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid ragrail.gateway.v1.{message}: ", reason
+        )
+        assert "DecodeError" not in (err.details() or "") and "<class" not in (err.details() or ""), rpc
+    # Six floods' worth of bad requests, one log line (the rest are counted in the next one).
+    assert_logged_once_without_traceback(caplog)
+    assert (stack.embedding.faults.attempts, stack.moderation.faults.attempts) == calls_before
+    assert stack.generation.faults.attempts == 0
+    # The same RPCs still work when the bytes are good.
+    response = await auth_gw.stub(channel).Run(run(), metadata=bearer(KEY_A), timeout=5)
+    assert response.answer == ANSWER
+
+
+async def test_undecodable_requests_to_health_and_reflection_are_invalid_argument(
+    gateways: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shared server factory guards every service on the server, streamed requests too."""
+    h = await gateways([spec("rag")], health_port=0)
+    caplog.set_level(logging.DEBUG)
+    bad_service = b"\x0a\x04" + NOT_UTF8  # HealthCheckRequest.service / ServerReflectionRequest.host
+    check = "/grpc.health.v1.Health/Check"
+    for port in (h.gateway.port, h.gateway.health_port):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        h.channels.append(channel)
+        err = await rpc_error(raw_call(channel, check, bad_service))
+        assert_clean_error(
+            err, grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid grpc.health.v1.HealthCheckRequest"
+        )
+    reflect = h.channel().stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    call = reflect(iter([bad_service]), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert_clean_error(
+        info.value,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request is not a valid grpc.reflection.v1alpha.ServerReflectionRequest",
+    )
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+# -- 10. ingestion -------------------------------------------------------------------------------
+
+
+def stored_chunks(h: Harness, document_id: str) -> list[dict[str, Any]]:
+    return [p for p in h.stack.retrieval.payloads(COLLECTION) if p["document_id"] == document_id]
+
+
+async def test_reingesting_blank_text_is_rejected_and_keeps_the_document(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("rag")])
+    stub = h.stub()
+    before = stored_chunks(h, "paris.md")
+    assert before
+    for blank in (" \n\t ", ""):
+        request = pb.IngestRequest(documents=[pb.Document(document_id="paris.md", text=blank)])
+        err = await rpc_error(stub.Ingest(request, timeout=5))
+        assert_clean_error(err, grpc.StatusCode.INVALID_ARGUMENT, "documents[0].text is empty")
+    assert stored_chunks(h, "paris.md") == before
+
+
+@pytest.mark.parametrize(
+    "document,field,limit",
+    [
+        (pb.Document(document_id="a.md", text="Some text.", source="s" * 1025), "documents[0].source", 1024),
+        (pb.Document(document_id="d" * 513, text="Some text."), "documents[0].document_id", 512),
+    ],
+    ids=["source", "document_id"],
+)
+async def test_fields_copied_into_every_chunk_are_bounded(
+    gateways: GatewayFactory, document: pb.Document, field: str, limit: int
+) -> None:
+    h = await gateways([spec("rag")])
+    stub = h.stub()
+    err = await rpc_error(stub.Ingest(pb.IngestRequest(documents=[document]), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.INVALID_ARGUMENT, field, f"the limit is {limit}")
+    assert h.stack.moderation.faults.attempts == 0  # refused before the first stage
+    ok = pb.Document(document_id="a.md", text="Some text.", source="s" * 1024)
+    response = await stub.Ingest(pb.IngestRequest(documents=[ok]), timeout=5)
+    assert response.documents[0].chunks_stored == 1
+    assert stored_chunks(h, "a.md")[0]["source"] == "s" * 1024
+
+
+# -- 11. the ingest scope --------------------------------------------------------------------
+
+
+async def test_ingest_needs_its_own_scope_which_star_does_not_grant(gateways: GatewayFactory, tmp_path: Path) -> None:
+    keys = tmp_path / "scoped-keys.yaml"
+    indexer = key_entry("indexer", KEY_B, [], rate_per_s=1000, burst=1000) | {"ingest": True}
+    keys.write_text(
+        yaml.safe_dump({"keys": [key_entry("ops", KEY_A, ["*"], rate_per_s=1000, burst=1000), indexer]})
+    )
+    h = await gateways([spec("rag")], gateway={"auth": {"enabled": True, "keys_file": str(keys)}})
+    stub = h.stub()
+    request = pb.IngestRequest(documents=[pb.Document(document_id="x.md", text="Some text.")])
+
+    err = await rpc_error(stub.Ingest(request, metadata=bearer(KEY_A), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.PERMISSION_DENIED, "'ops'", "ingest")
+    assert not stored_chunks(h, "x.md")
+    assert (await stub.Run(run(), metadata=bearer(KEY_A), timeout=5)).answer == ANSWER
+
+    response = await stub.Ingest(request, metadata=bearer(KEY_B), timeout=5)
+    assert response.documents[0].chunks_stored == 1
+    err = await rpc_error(stub.Run(run(), metadata=bearer(KEY_B), timeout=5))
+    assert_clean_error(err, grpc.StatusCode.PERMISSION_DENIED, "'indexer'", "rag")

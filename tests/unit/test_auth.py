@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def test_wrong_shapes_are_invalid_argument(tmp_path: Path, content: str, fragmen
     [
         ({"rate_per_s": 0}, "rate_per_s"),
         ({"burst": 0}, "burst"),
-        ({"pipelines": []}, "pipelines"),
+        ({"pipelines": []}, "pipelines: list at least one pipeline (or '*'), or set ingest: true"),
+        ({"pipelines": [], "ingest": False}, "pipelines"),
+        ({"ingest": "sometimes"}, "ingest"),
         ({"name": "anonymous"}, "reserved"),
         ({"name": "has space"}, "name"),
         ({"name": ""}, "name"),
@@ -225,9 +228,10 @@ def test_enabled_without_keys_refuses_everyone() -> None:
 def test_disabled_mode_is_anonymous_and_unlimited(keys: list[ApiKeyEntry], clock: FakeClock) -> None:
     auth = Authenticator(keys, enabled=False, clock=clock)
     principal = auth.authenticate([])
-    assert principal == ANONYMOUS == Principal("anonymous", frozenset({"*"}))
+    assert principal == ANONYMOUS == Principal("anonymous", frozenset({"*"}), ingest=True)
     assert auth.authenticate(_bearer("garbage")) == ANONYMOUS
     auth.authorize(principal, "anything")
+    auth.authorize_ingest(principal)  # auth off: the local CLI ingests without a key
     for _ in range(100):
         auth.admit(principal)
 
@@ -248,10 +252,50 @@ def test_authorize_denies_other_pipelines(auth: Authenticator) -> None:
     assert info.value.message == "key 'billing' may not call pipeline 'ingest'"
 
 
-def test_authorize_star_allows_everything(auth: Authenticator) -> None:
+def test_authorize_star_allows_every_pipeline_but_not_ingest(auth: Authenticator) -> None:
     principal = auth.authenticate(_bearer(OPS_KEY))
     for name in ("rag", "ingest", "whatever"):
         auth.authorize(principal, name)
+    with pytest.raises(PermissionDenied) as info:
+        auth.authorize_ingest(principal)
+    assert info.value.message == "key 'ops' may not ingest (its keys-file entry needs ingest: true)"
+
+
+def test_ingest_is_granted_only_by_its_own_field(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "keys.yaml",
+        [
+            _entry("billing", BILLING_KEY, ["*"]) | {"ingest": True},
+            _entry("indexer", OPS_KEY, []) | {"ingest": True},  # ingest only
+        ],
+    )
+    auth = Authenticator.from_file(path)
+    billing = auth.authenticate(_bearer(BILLING_KEY))
+    auth.authorize_ingest(billing)
+    auth.authorize(billing, "rag")
+    indexer = auth.authenticate(_bearer(OPS_KEY))
+    assert indexer == Principal("indexer", frozenset(), ingest=True)
+    auth.authorize_ingest(indexer)
+    with pytest.raises(PermissionDenied):
+        auth.authorize(indexer, "rag")
+
+
+def test_old_keys_files_load_and_their_explicit_ingest_grant_still_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Written before the ``ingest`` field: listing "ingest" under pipelines was how to grant it."""
+    path = _write(
+        tmp_path / "keys.yaml", [_entry("indexer", BILLING_KEY, ["ingest"]), _entry("ops", OPS_KEY, ["*"])]
+    )
+    with caplog.at_level(logging.WARNING, logger="ragrail.gateway.auth"):
+        auth = Authenticator.from_file(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"keys file {path}: key 'indexer' grants Ingest by listing 'ingest' under pipelines; "
+        "write `ingest: true` instead"
+    ]
+    auth.authorize_ingest(auth.authenticate(_bearer(BILLING_KEY)))
+    with pytest.raises(PermissionDenied):
+        auth.authorize_ingest(auth.authenticate(_bearer(OPS_KEY)))
 
 
 # --- rate limiting ------------------------------------------------------------------

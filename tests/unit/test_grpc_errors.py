@@ -12,7 +12,7 @@ import pytest
 
 from ragrail.common import errors
 from ragrail.common.errors import RagrailError, Status
-from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_method
+from ragrail.common.grpc_errors import GRPC_CODES, abort, grpc_method, grpc_stream_method
 
 INCIDENT = re.compile(r"incident [0-9a-f]{12}")
 SECRET_PATH = "/srv/ragrail/secret_module.py"
@@ -185,3 +185,29 @@ async def test_stream_without_context_propagates_after_the_first_item() -> None:
         async for r in Servicer().Stream("hi", None):
             received.append(r.value)
     assert received == ["first"]
+
+
+class AbortingContext:
+    """grpc.aio's abort: records the status it sends, then raises as grpc.aio does."""
+
+    def __init__(self) -> None:
+        self.sent: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
+        self.sent = (code, details, tuple(trailing_metadata))
+        raise RuntimeError("aborted")  # grpc.aio raises AbortError here
+
+
+@pytest.mark.parametrize("cls", DOMAIN_ERRORS, ids=lambda cls: cls.__name__)
+async def test_abort_sends_each_error_class_with_its_code(cls: type[RagrailError]) -> None:
+    context = AbortingContext()
+    with pytest.raises(RuntimeError, match="aborted"):
+        await abort(context, cls("first line\nsecond line"))
+    assert context.sent == (GRPC_CODES[cls.status], "first line second line", ())
+
+
+async def test_abort_sends_retry_after() -> None:
+    context = AbortingContext()
+    with pytest.raises(RuntimeError, match="aborted"):
+        await abort(context, errors.ResourceExhausted("full", retry_after_s=0.2))
+    assert context.sent == (grpc.StatusCode.RESOURCE_EXHAUSTED, "full", (("retry-after", "1"),))

@@ -141,11 +141,14 @@ async def test_reingesting_a_shorter_version_deletes_stale_chunks(stack: FakeSta
     assert await count(stack) == len(short) + len(chunks_of(LONG_TEXT))
 
 
-async def test_reingesting_an_empty_version_removes_the_document(stack: FakeStack) -> None:
+@pytest.mark.parametrize("blank", ["", " ", "\n\n\t \r\n"])
+async def test_reingesting_a_blank_version_is_refused_and_keeps_the_document(stack: FakeStack, blank: str) -> None:
     await ingest(stack, IngestDocument("guide.md", LONG_TEXT))
-    [outcome] = await ingest(stack, IngestDocument("guide.md", ""))
-    assert outcome == IngestOutcome("guide.md", 0, 0)
-    assert await count(stack) == 0
+    before = stored_of(stack, "guide.md")
+    with pytest.raises(InvalidArgument) as info:
+        await ingest(stack, IngestDocument("guide.md", blank))
+    assert info.value.message == "documents[0].text is empty"
+    assert stored_of(stack, "guide.md") == before
 
 
 # --- moderation -------------------------------------------------------------------------
@@ -216,8 +219,10 @@ async def test_outcomes_follow_request_order(stack: FakeStack) -> None:
         [IngestDocument("", "text")],
         [IngestDocument("   ", "text")],
         [IngestDocument("x" * 513, "text")],
+        [IngestDocument("blank.md", " \n ")],
+        [IngestDocument("a.md", "text", source="s" * (ingestion.MAX_SOURCE_CHARS + 1))],
     ],
-    ids=["empty", "too-many", "oversize", "duplicate-id", "empty-id", "blank-id", "long-id"],
+    ids=["empty", "too-many", "oversize", "duplicate-id", "empty-id", "blank-id", "long-id", "blank-text", "long-source"],
 )
 async def test_invalid_requests_are_rejected_before_any_write(
     stack: FakeStack, documents: list[IngestDocument]
@@ -229,9 +234,32 @@ async def test_invalid_requests_are_rejected_before_any_write(
 
 
 async def test_limits_are_inclusive(stack: FakeStack) -> None:
-    documents = [IngestDocument(f"d{i}.md", "x" * MAX_DOCUMENT_CHARS) for i in range(MAX_DOCUMENTS)]
+    documents = [IngestDocument(f"d{i}.md", "x" * MAX_DOCUMENT_CHARS) for i in range(MAX_DOCUMENTS - 1)]
+    longest_id = "i" * ingestion.MAX_DOCUMENT_ID_CHARS
+    documents.append(IngestDocument(longest_id, "text", source="s" * ingestion.MAX_SOURCE_CHARS))
     outcomes = await ingest(stack, *documents)
     assert len(outcomes) == MAX_DOCUMENTS
+    assert stored_of(stack, longest_id)[0]["source"] == "s" * ingestion.MAX_SOURCE_CHARS
+
+
+@pytest.mark.parametrize(
+    "document,message",
+    [
+        (IngestDocument("a.md", "text", source="s" * 1025), "documents[1].source has 1025 characters; the limit is 1024"),
+        (IngestDocument("i" * 513, "text"), "documents[1].document_id has 513 characters; the limit is 512"),
+        (
+            IngestDocument("a.md", "x" * (MAX_DOCUMENT_CHARS + 1)),
+            f"documents[1].text has {MAX_DOCUMENT_CHARS + 1} characters; the limit is {MAX_DOCUMENT_CHARS}",
+        ),
+    ],
+    ids=["source", "document_id", "text"],
+)
+async def test_an_oversize_field_is_named_with_its_limit(
+    stack: FakeStack, document: IngestDocument, message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await ingest(stack, IngestDocument("ok.md", "text"), document)
+    assert info.value.message == message
 
 
 async def test_validation_error_in_a_later_document_writes_nothing(stack: FakeStack) -> None:

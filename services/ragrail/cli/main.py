@@ -88,9 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     _client_args(feedback, timeout=10)
     feedback.set_defaults(func=_cmd_feedback)
 
-    keys = sub.add_parser("new-key", help="print a new API key and the keys-file entry holding its hash")
+    keys = sub.add_parser(
+        "new-key",
+        help="print a new API key and the keys-file entry holding its hash",
+        description="Say what the key may do: --pipelines, --ingest, or both (there is no default).",
+    )
     keys.add_argument("name")
-    keys.add_argument("--pipelines", default="*", help="comma-separated pipeline names, or * for all")
+    keys.add_argument("--pipelines", help="comma-separated pipeline names the key may call, or '*' for all")
+    keys.add_argument(
+        "--ingest", action="store_true", help="the key may also call Ingest (never implied by --pipelines '*')"
+    )
     keys.add_argument("--rate", type=float, default=5.0, help="requests per second (token bucket)")
     keys.add_argument("--burst", type=int, default=10)
     keys.set_defaults(func=_cmd_new_key)
@@ -403,11 +410,18 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
 
     from ragrail.gateway.auth import generate_key, hash_key
 
+    pipelines = [p.strip() for p in (args.pipelines or "").split(",") if p.strip()]
+    if not pipelines and not args.ingest:
+        # No default: a key for everything must be asked for, not handed out by omission.
+        print("ragrail new-key: say what the key may do: --pipelines rag,qa (or '*' for all), "
+              "--ingest, or both", file=sys.stderr)
+        return 2
     key = generate_key()
     entry = {
         "name": args.name,
         "sha256": hash_key(key),
-        "pipelines": [p.strip() for p in args.pipelines.split(",") if p.strip()],
+        "pipelines": pipelines,
+        "ingest": args.ingest,
         "rate_per_s": args.rate,
         "burst": args.burst,
     }

@@ -41,16 +41,31 @@ def _code_name(exc: BaseException) -> str:
     return exc.status.value if isinstance(exc, RagrailError) else "INTERNAL"
 
 
+def _trailing_metadata(exc: RagrailError) -> tuple[tuple[str, str], ...]:
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is None:
+        return ()
+    # Seconds, rounded up: the trailing-metadata twin of HTTP's Retry-After.
+    return (("retry-after", str(max(1, math.ceil(retry_after)))),)
+
+
+async def abort(grpc_context: grpc.aio.ServicerContext, exc: RagrailError) -> None:
+    """Ends a grpc.aio RPC with ``exc``'s status; for code outside a decorated method (interceptors).
+
+    Never returns: grpc.aio's ``abort`` raises once the status is sent.
+    """
+    await grpc_context.abort(GRPC_CODES[exc.status], _one_line(exc.message), _trailing_metadata(exc))
+
+
 def _handle(exc: BaseException, context: Any, rpc_name: str) -> None:
     if context is None:  # called in-process (tests, DeploymentHandle): let it propagate
         raise exc
     if isinstance(exc, RagrailError):
         context.set_code(GRPC_CODES[exc.status])
         context.set_details(_one_line(exc.message))
-        retry_after = getattr(exc, "retry_after_s", None)
-        if retry_after is not None:
-            # Seconds, rounded up: the trailing-metadata twin of HTTP's Retry-After.
-            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(retry_after)))),))
+        trailing = _trailing_metadata(exc)
+        if trailing:
+            context.set_trailing_metadata(trailing)
         return
     incident = uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (incident %s)", rpc_name, incident)

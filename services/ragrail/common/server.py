@@ -1,7 +1,8 @@
 """One factory for every plain grpc.aio server: production and tests on port 0.
 
 Each server gets health checking (grpc.health.v1), reflection (so grpcurl works
-without proto files) and bounded message sizes. ``create_health_server`` makes the
+without proto files), bounded message sizes and ``DecodeGuard`` (an undecodable request
+is INVALID_ARGUMENT, not UNKNOWN with a logged traceback). ``create_health_server`` makes the
 optional companion a TLS server needs for probes that speak plaintext only.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from ragrail.common.interceptors import DecodeGuard
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds (not starts) a server; returns it, the bound port and its health servicer."""
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        # First, so it wraps the others: a request that cannot be decoded reaches none of them.
+        interceptors=[DecodeGuard(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -65,6 +69,7 @@ def create_health_server(
     main server, so both always report the same status.
     """
     server = grpc.aio.server(
+        interceptors=[DecodeGuard()],
         options=[
             # Health requests are a service name: nothing bigger needs to get in.
             ("grpc.max_receive_message_length", 4096),

@@ -6,8 +6,15 @@ Keys are never stored, only their SHA-256, in a YAML keys file::
       - name: billing-service            # shows up in logs/metrics, never the key
         sha256: "<hex sha256 of the secret key>"
         pipelines: ["rag", "summarize_sentiment"]   # or ["*"] for all
+        ingest: false                     # may call Ingest (optional, default false)
         rate_per_s: 5                     # token bucket refill rate
         burst: 10                         # bucket size
+
+Ingest writes to the store every pipeline reads from, so it is a scope of its own:
+only ``ingest: true`` grants it, never ``pipelines: ["*"]``. A key may be for ingest
+only (``pipelines: []``); one that grants nothing is an error. Keys files written
+before ``ingest`` existed load unchanged; their ``pipelines: ["ingest"]``, the old
+explicit grant, still grants Ingest (with a warning at load to write ``ingest: true``).
 
 The file is validated strictly (unknown fields, duplicate names or hashes and
 malformed hashes are errors) so a typo never silently opens or closes access.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -36,8 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ragrail.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 
+log = logging.getLogger(__name__)
+
 ANONYMOUS_NAME = "anonymous"
 ALL_PIPELINES = "*"
+LEGACY_INGEST = "ingest"  # before the `ingest` field, listing this pipeline name granted Ingest
 KEY_PREFIX = "rg_"
 MISSING_MESSAGE = "missing authorization metadata: send 'authorization: Bearer <key>'"
 INVALID_MESSAGE = "invalid API key"  # same text for every failure: no oracle for guessing
@@ -52,9 +63,20 @@ class ApiKeyEntry(BaseModel):
 
     name: str
     sha256: str
-    pipelines: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    pipelines: list[Annotated[str, Field(min_length=1)]]
+    ingest: bool = False
     rate_per_s: Annotated[float, Field(gt=0)]
     burst: Annotated[int, Field(ge=1)]
+
+    @property
+    def may_ingest(self) -> bool:
+        return self.ingest or LEGACY_INGEST in self.pipelines
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> ApiKeyEntry:
+        if not self.pipelines and not self.ingest:
+            raise ValueError("pipelines: list at least one pipeline (or '*'), or set ingest: true")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -116,9 +138,16 @@ def load_keys(path: str | Path) -> list[ApiKeyEntry]:
     if not isinstance(raw, dict):
         raise InvalidArgument(f"keys file {path}: expected a mapping with a 'keys' list")
     try:
-        return KeysFile.model_validate(raw).keys
+        keys = KeysFile.model_validate(raw).keys
     except ValidationError as exc:
         raise InvalidArgument(f"keys file {path}: {_first_error(exc)}") from None
+    for entry in keys:
+        if LEGACY_INGEST in entry.pipelines and not entry.ingest:
+            log.warning(
+                "keys file %s: key %r grants Ingest by listing %r under pipelines; "
+                "write `ingest: true` instead", path, entry.name, LEGACY_INGEST,
+            )
+    return keys
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -141,12 +170,14 @@ class Principal:
 
     name: str
     pipelines: frozenset[str]
+    ingest: bool = False  # may call Ingest: never implied by ALL_PIPELINES
 
     def may_call(self, pipeline_name: str) -> bool:
         return ALL_PIPELINES in self.pipelines or pipeline_name in self.pipelines
 
 
-ANONYMOUS = Principal(name=ANONYMOUS_NAME, pipelines=frozenset({ALL_PIPELINES}))
+# Auth off (the local default) means everything is allowed, ingest included.
+ANONYMOUS = Principal(name=ANONYMOUS_NAME, pipelines=frozenset({ALL_PIPELINES}), ingest=True)
 
 
 @dataclass(frozen=True)
@@ -167,7 +198,7 @@ def _compile(entries: Iterable[ApiKeyEntry]) -> dict[str, _Key]:
     return {
         e.name: _Key(
             digest=bytes.fromhex(e.sha256),
-            principal=Principal(name=e.name, pipelines=frozenset(e.pipelines)),
+            principal=Principal(name=e.name, pipelines=frozenset(e.pipelines), ingest=e.may_ingest),
             rate_per_s=e.rate_per_s,
             burst=e.burst,
         )
@@ -230,6 +261,10 @@ class Authenticator:
     def authorize(self, principal: Principal, pipeline_name: str) -> None:
         if not principal.may_call(pipeline_name):
             raise PermissionDenied(f"key {principal.name!r} may not call pipeline {pipeline_name!r}")
+
+    def authorize_ingest(self, principal: Principal) -> None:
+        if not principal.ingest:
+            raise PermissionDenied(f"key {principal.name!r} may not ingest (its keys-file entry needs ingest: true)")
 
     def admit(self, principal: Principal) -> None:
         """Takes one token from the caller's bucket, or raises ResourceExhausted."""

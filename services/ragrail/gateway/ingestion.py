@@ -21,6 +21,10 @@ _POINT_NAMESPACE = uuid.UUID("6f1c1e36-7a51-4a4c-9d55-2b7d3f0e8a11")
 MODERATION_BATCH = 128
 EMBED_BATCH = 32
 UPSERT_BATCH = 256
+# Bounds on what is copied into every chunk's payload (the text is bounded by config):
+# without them one request multiplies a field by its chunk count in the store.
+MAX_DOCUMENT_ID_CHARS = 512
+MAX_SOURCE_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class IngestOutcome:
 
 def point_id(document_id: str, chunk_index: int) -> str:
     return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}\x00{chunk_index}"))
+
+
+def _require_at_most(value: str, limit: int, field: str) -> None:
+    require(len(value) <= limit, f"{field} has {len(value)} characters; the limit is {limit}")
 
 
 class Ingestor:
@@ -68,14 +76,13 @@ class Ingestor:
         seen: set[str] = set()
         for i, doc in enumerate(documents):
             require(bool(doc.document_id.strip()), f"documents[{i}].document_id is empty")
-            require(len(doc.document_id) <= 512, f"documents[{i}].document_id is longer than 512")
+            _require_at_most(doc.document_id, MAX_DOCUMENT_ID_CHARS, f"documents[{i}].document_id")
             require(doc.document_id not in seen, f"document_id {doc.document_id!r} appears twice")
             seen.add(doc.document_id)
-            require(
-                len(doc.text) <= self.max_document_chars,
-                f"document {doc.document_id!r} has {len(doc.text)} characters; "
-                f"the limit is {self.max_document_chars}",
-            )
+            # A blank text chunks to nothing, and storing nothing deletes the stored version.
+            require(bool(doc.text.strip()), f"documents[{i}].text is empty")
+            _require_at_most(doc.text, self.max_document_chars, f"documents[{i}].text")
+            _require_at_most(doc.source, MAX_SOURCE_CHARS, f"documents[{i}].source")
 
     async def ingest(self, documents: Sequence[IngestDocument], deadline: Deadline) -> list[IngestOutcome]:
         self.validate(documents)

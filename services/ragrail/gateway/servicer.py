@@ -150,7 +150,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     @grpc_method(pb.IngestResponse)
     async def Ingest(self, request: pb.IngestRequest, grpc_context: Any = None) -> pb.IngestResponse:
         principal = self.auth.authenticate(_metadata(grpc_context))
-        self.auth.authorize(principal, "ingest")
+        self.auth.authorize_ingest(principal)
         _start_request(grpc_context)
         documents = [IngestDocument(d.document_id, d.text, d.source) for d in request.documents]
         deadline = Deadline.within(INGEST_BUDGET_S, _time_remaining(grpc_context))
