@@ -95,6 +95,17 @@ def test_invalid_value_is_rejected(tmp_path: Path, patch: dict, key: str) -> Non
         load_settings(write(tmp_path, patch))
 
 
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16", "float16"])
+def test_embedding_dtype_is_one_of_the_known_ones(dtype: str) -> None:
+    assert load_settings(embedding={"dtype": dtype}).embedding.dtype == dtype
+
+
+def test_a_bad_embedding_dtype_is_rejected_naming_the_known_ones() -> None:
+    with pytest.raises(InvalidArgument, match="embedding.dtype") as caught:
+        load_settings(embedding={"dtype": "fp8"})
+    assert "'auto', 'float32', 'bfloat16' or 'float16'" in caught.value.message
+
+
 def test_pipelines_dir_points_at_a_spec_folder(tmp_path: Path) -> None:
     settings = load_settings(gateway={"pipelines_dir": str(tmp_path / "specs")})
     assert settings.pipelines_path == tmp_path / "specs"

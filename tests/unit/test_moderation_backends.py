@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,13 @@ def test_a_category_can_change_backend_and_others_keep_their_defaults(tmp_path: 
     assert settings.categories.prompt_injection.backend == "nanoguard"
 
 
+def test_transformers_takes_a_dtype(tmp_path: Path) -> None:
+    category = {"backend": "transformers", "model": "m", "label": 1, "dtype": "bfloat16"}
+    settings = _load(tmp_path, {"categories": {"pii": category}})
+    assert settings.categories.pii.dtype == "bfloat16"
+    assert settings.categories.toxicity.dtype is None  # auto, decided by the scorer
+
+
 def test_a_label_may_be_an_index(tmp_path: Path) -> None:
     settings = _load(tmp_path, {"categories": {"pii": {"backend": "transformers", "model": "m", "label": 1}}})
     assert settings.categories.pii.label == 1
@@ -67,6 +75,12 @@ def test_a_label_may_be_an_index(tmp_path: Path) -> None:
         ({"backend": "transformers", "model": "m", "label": 1, "window_chars": 900}, "does not take window_chars"),
         ({"backend": "regex", "pii_types": ["passport"]}, "pii_types"),
         ({"backend": "transformers", "model": "m", "label": 0, "batch_size": 0}, "batch_size"),
+        ({"backend": "regex", "dtype": "bfloat16"}, "backend regex does not take dtype"),
+        ({"backend": "nanoguard", "dtype": "float32"}, "backend nanoguard does not take dtype"),
+        (
+            {"backend": "transformers", "model": "m", "label": 0, "dtype": "fp8"},
+            "'auto', 'float32', 'bfloat16' or 'float16'",
+        ),
     ],
 )
 def test_bad_category_config_is_rejected_at_load(tmp_path: Path, category: dict[str, Any], fragment: str) -> None:
@@ -272,3 +286,29 @@ def test_the_transformers_backend_from_config_moderates(tiny_classifier: Path, s
     assert [v.scores[0].score for v in verdicts] == pytest.approx(expected, abs=1e-5)
     assert [v.flagged for v in verdicts] == [p >= threshold for p in expected]
     assert sum(v.flagged for v in verdicts) == 3
+
+
+def test_bfloat16_weights_score_like_float32(
+    tiny_classifier: Path, scorer: TransformersClassifierScorer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    with caplog.at_level(logging.INFO, logger="ragrail.moderation.core"):
+        half = TransformersClassifierScorer(str(tiny_classifier), "toxic", dtype="bfloat16")
+    assert (scorer.dtype, scorer._model.dtype) == (torch.float32, torch.float32)  # auto on CPU
+    assert (half.dtype, half._model.dtype) == (torch.bfloat16, torch.bfloat16)
+    assert f"moderation model {tiny_classifier} on cpu (bfloat16)" in caplog.messages
+    scores = half.score(TEXTS)
+    assert all(type(p) is float and 0.0 <= p <= 1.0 for p in scores)
+    assert scores == pytest.approx(scorer.score(TEXTS), abs=0.02)
+    assert scores != pytest.approx(scorer.score(TEXTS), abs=1e-6), "bfloat16 weights should change scores a little"
+
+
+def test_the_transformers_backend_passes_its_dtype(tiny_classifier: Path) -> None:
+    import torch
+
+    configured = CategorySettings(backend="transformers", model=str(tiny_classifier), label="toxic", dtype="bfloat16")
+    built = build_scorer(configured, "cpu")
+    assert isinstance(built, TransformersClassifierScorer) and built._model.dtype == torch.bfloat16
+    default = build_scorer(CategorySettings(backend="transformers", model=str(tiny_classifier), label="toxic"), "cpu")
+    assert isinstance(default, TransformersClassifierScorer) and default.dtype == torch.float32

@@ -7,6 +7,7 @@ with plain ``AutoModel`` keeps one loading path for any encoder in config.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +16,12 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from ragrail.common.errors import require
+from ragrail.common.models import dtype_name, pick_dtype
 
 if TYPE_CHECKING:
     from ragrail.common.config import EmbeddingSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,22 @@ class TextEmbedder:
         *,
         name: str,
         device: str = "cpu",
+        dtype: str = "auto",
         max_batch_size: int = 64,
         max_text_chars: int = 8192,
         max_tokens: int = 256,
     ) -> None:
         self.name = name
         self.device = device
+        self.dtype = pick_dtype(dtype, device)
         self.max_batch_size = max_batch_size
         self.max_text_chars = max_text_chars
         self.tokenizer = AutoTokenizer.from_pretrained(location)
-        self.model = AutoModel.from_pretrained(location).to(device).eval()
+        self.model = AutoModel.from_pretrained(location, dtype=self.dtype).to(device).eval()
         self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
         self.dimension: int = int(self.model.config.hidden_size)
         self.version = model_fingerprint(location)
+        log.info("embedding model %s on %s (%s)", name, device, dtype_name(self.dtype))
 
     def validate(self, texts: list[str]) -> None:
         require(len(texts) > 0, "texts must not be empty")
@@ -81,10 +88,12 @@ class TextEmbedder:
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state
+        # Pool and normalise in float32 whatever the weights' dtype: a bfloat16 sum over
+        # 256 tokens keeps ~3 significant digits, and callers expect unit-norm fp32 vectors.
+        hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu()
+        vectors = torch.nn.functional.normalize(pooled, p=2, dim=1).cpu()
         used = batch["attention_mask"].sum(dim=1).tolist()
         return [
             EmbeddedText(vector=vec.tolist(), truncated=full > self.max_tokens, token_count=int(n))
@@ -107,6 +116,7 @@ def build_embedder(settings: "EmbeddingSettings", models_dir: Path) -> TextEmbed
         resolve_model(settings.model, models_dir),
         name=settings.model,
         device=pick_device(settings.device),
+        dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
         max_text_chars=settings.max_text_chars,
         max_tokens=settings.max_tokens,

@@ -12,6 +12,7 @@ a stronger classifier by config alone.
 from __future__ import annotations
 
 import enum
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,8 @@ from ragrail.common.errors import FailedPrecondition, require
 
 if TYPE_CHECKING:
     from ragrail.common.config import CategorySettings, ModerationSettings
+
+log = logging.getLogger(__name__)
 
 
 class Category(enum.Enum):
@@ -294,7 +297,8 @@ class TransformersClassifierScorer:
     index. Texts are scored in batches of ``batch_size`` and truncated to the
     model's maximum length (or ``max_length`` when smaller): only the head of a long
     text is read. Softmax over the logits, or a sigmoid for multi-label and
-    single-logit models.
+    single-logit models. ``dtype`` is the weights' (``pick_dtype``: ``auto`` is
+    bfloat16 on CUDA, float32 on CPU).
     """
 
     DEFAULT_MAX_LENGTH = 512
@@ -307,19 +311,23 @@ class TransformersClassifierScorer:
         models_dir: Path | None = None,
         revision: str | None = None,
         device: str = "cpu",
+        dtype: str = "auto",
         batch_size: int = 32,
         max_length: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ragrail.common.models import resolve_model
+        from ragrail.common.models import dtype_name, pick_dtype, resolve_model
 
         require(batch_size >= 1, "batch_size must be at least 1")
         location = resolve_model(model, models_dir or Path("."))
+        self.dtype = pick_dtype(dtype, device)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
-            self._model = AutoModelForSequenceClassification.from_pretrained(location, revision=revision)
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                location, revision=revision, dtype=self.dtype
+            )
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FailedPrecondition(f"cannot load moderation model {model!r}: {first}") from exc
@@ -341,6 +349,7 @@ class TransformersClassifierScorer:
         self.max_length = min(limits) if limits else self.DEFAULT_MAX_LENGTH
         # A fast tokenizer's truncation settings are shared state: one batch at a time.
         self._lock = threading.Lock()
+        log.info("moderation model %s on %s (%s)", model, device, dtype_name(self.dtype))
 
     def _resolve_label(self, label: str | int) -> int:
         known = ", ".join(f"{i}={name}" for i, name in sorted(self.labels.items()))
@@ -365,6 +374,8 @@ class TransformersClassifierScorer:
                 encoded = self._tokenizer(
                     batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
                 ).to(self.device)
+                # Softmax/sigmoid in float32: bfloat16 keeps ~3 significant digits, too few
+                # near a threshold such as 0.98.
                 logits = self._model(**encoded).logits.float()
                 if self.multi_label:
                     probs = torch.sigmoid(logits)
@@ -449,6 +460,7 @@ def _transformers(s: CategorySettings, device: str, models_dir: Path | None) -> 
         models_dir=models_dir,
         revision=s.revision,
         device=pick_device(s.device) if s.device else device,
+        dtype=s.dtype or "auto",
         batch_size=s.batch_size or 32,
         max_length=s.max_length,
     )

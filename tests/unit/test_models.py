@@ -1,0 +1,42 @@
+"""Device and dtype resolution shared by the model services (ragrail.common.models)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+
+from ragrail.common.config import ModelDtype
+from ragrail.common.errors import FailedPrecondition
+from ragrail.common.models import DTYPES, dtype_name, pick_dtype
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cpu", torch.float32), ("cuda", torch.bfloat16), ("cuda:1", torch.bfloat16), ("mps", torch.float32)],
+)
+def test_auto_is_bfloat16_on_cuda_and_float32_elsewhere(device: str, expected: torch.dtype) -> None:
+    assert pick_dtype("auto", device) == expected
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)],
+)
+def test_an_explicit_dtype_is_kept_on_any_device(setting: str, expected: torch.dtype, device: str) -> None:
+    assert pick_dtype(setting, device) == expected
+
+
+def test_an_unknown_dtype_fails_naming_the_known_ones() -> None:
+    with pytest.raises(FailedPrecondition, match="unknown dtype 'int8' .*auto, float32, bfloat16, float16"):
+        pick_dtype("int8", "cpu")
+
+
+def test_the_config_accepts_exactly_the_dtypes_pick_dtype_knows() -> None:
+    assert typing.get_args(ModelDtype) == DTYPES
+
+
+def test_dtype_names_for_logs() -> None:
+    assert [dtype_name(pick_dtype(s, "cuda")) for s in DTYPES] == ["bfloat16", "float32", "bfloat16", "float16"]
