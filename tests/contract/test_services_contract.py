@@ -23,13 +23,13 @@ import pytest_asyncio
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from transformers import StoppingCriteria
 
 from ragrail.common.server import ServiceBinding, mark_not_serving, mark_serving
 from ragrail.embedding.core import TextEmbedder
 from ragrail.embedding.servicer import EmbeddingServicer
 from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from ragrail.generation.core import TextGenerator
+from ragrail.generation.engine import ContinuousBatcher
 from ragrail.generation.servicer import GenerationServicer
 from ragrail.generation.v1 import generation_pb2, generation_pb2_grpc
 from ragrail.moderation.core import Category, Moderator
@@ -89,9 +89,9 @@ class Stack:
 async def stack(grpc_server, minilm_path: str, tiny_llama_dir: Path, tmp_path_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     embedder = TextEmbedder(minilm_path, name="all-MiniLM-L6-v2", max_batch_size=8, max_tokens=EMBED_MAX_TOKENS)
     store = VectorStore(path=str(tmp_path_factory.mktemp("qdrant")), max_top_k=10)
-    generator = TextGenerator(
+    generator = ContinuousBatcher(TextGenerator(
         str(tiny_llama_dir), name="tiny", dtype="float32", max_new_tokens_limit=GEN_LIMIT, default_max_new_tokens=8
-    )
+    ))
     moderator = Moderator(
         {Category.TOXICITY: KeywordScorer("idiot"), Category.PROMPT_INJECTION: KeywordScorer("ignore previous")},
         {Category.TOXICITY: 0.8, Category.PROMPT_INJECTION: 0.9},
@@ -486,65 +486,47 @@ async def test_unexpected_error_is_internal_with_an_incident_id(grpc_server) -> 
 # -- cancellation and deadlines reach the model ----------------------------------------
 
 
-class _StepProbe(StoppingCriteria):
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.steps = 0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
-        self.steps += 1
-        time.sleep(self.delay_s)
-        return torch.zeros((input_ids.shape[0],), dtype=torch.bool)  # type: ignore[return-value]
-
-
-class ProbedGenerator(TextGenerator):
-    """Makes each token take ``DELAY_S`` and records what the model really did per run."""
+class StepProbe:
+    """Makes each model step take ``DELAY_S`` and counts the steps the model really ran."""
 
     DELAY_S = 0.02
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list[tuple[_StepProbe, threading.Event]] = []
-        original = self.model.generate
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.steps = 0
+        model.register_forward_pre_hook(self._hook)
 
-        def generate(**kw: Any) -> Any:
-            try:
-                return original(**kw)
-            finally:
-                kw["stopping_criteria"][-1].done.set()
-
-        self.model.generate = generate  # type: ignore[method-assign]
-
-    def _generate_kwargs(self, prompt, streamer, cancel):  # type: ignore[no-untyped-def]
-        kwargs = super()._generate_kwargs(prompt, streamer, cancel)
-        probe = _StepProbe(self.DELAY_S)
-        probe.done = threading.Event()  # type: ignore[attr-defined]
-        kwargs["stopping_criteria"].append(probe)
-        self.runs.append((probe, probe.done))  # type: ignore[attr-defined]
-        return kwargs
+    def _hook(self, module: object, args: object) -> None:
+        self.steps += 1
+        time.sleep(self.DELAY_S)
 
 
 CANCEL_MAX_NEW = 200  # a full run takes >= 4 s at 20 ms a token
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def probed(grpc_server, tiny_llama_dir: Path) -> tuple[ProbedGenerator, generation_pb2_grpc.GenerationServiceStub]:  # type: ignore[no-untyped-def]
-    generator = ProbedGenerator(str(tiny_llama_dir), name="probed", dtype="float32", max_new_tokens_limit=CANCEL_MAX_NEW)
+async def probed(grpc_server, tiny_llama_dir: Path) -> AsyncIterator[tuple[ContinuousBatcher, StepProbe, Any]]:  # type: ignore[no-untyped-def]
+    generator = TextGenerator(str(tiny_llama_dir), name="probed", dtype="float32", max_new_tokens_limit=CANCEL_MAX_NEW)
+    engine = ContinuousBatcher(generator)
+    probe = StepProbe(generator.model)
     running = await grpc_server(
-        [ServiceBinding(GenerationServicer(generator), generation_pb2_grpc.add_GenerationServiceServicer_to_server, GENERATION)]
+        [ServiceBinding(GenerationServicer(engine), generation_pb2_grpc.add_GenerationServiceServicer_to_server, GENERATION)]
     )
-    return generator, generation_pb2_grpc.GenerationServiceStub(running.channel)
+    yield engine, probe, generation_pb2_grpc.GenerationServiceStub(running.channel)
+    engine.close()
 
 
-async def wait_for_run_end(generator: ProbedGenerator) -> _StepProbe:
-    probe, done = generator.runs[-1]
-    assert await asyncio.to_thread(done.wait, 15), "the model never stopped"
-    return probe
+async def steps_until_idle(engine: ContinuousBatcher, probe: StepProbe, before: int) -> int:
+    """Steps the model ran since ``before``, once it has nothing left to do."""
+    for _ in range(1500):
+        if engine.idle:
+            return probe.steps - before
+        await asyncio.sleep(0.01)
+    pytest.fail("the model never stopped")
 
 
 async def test_cancelling_a_stream_stops_the_model(probed) -> None:  # type: ignore[no-untyped-def]
-    generator, stub = probed
-    before = len(generator.runs)
+    engine, probe, stub = probed
+    before = probe.steps
     call = stub.GenerateStream(
         generation_pb2.GenerateStreamRequest(
             messages=GREETING, sampling=generation_pb2.SamplingParams(max_new_tokens=CANCEL_MAX_NEW)
@@ -555,21 +537,20 @@ async def test_cancelling_a_stream_stops_the_model(probed) -> None:  # type: ign
     assert call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call.read()
-    assert len(generator.runs) == before + 1
-    probe = await wait_for_run_end(generator)
-    assert probe.steps < CANCEL_MAX_NEW // 2, f"the model ran {probe.steps} steps after the client left"
+    steps = await steps_until_idle(engine, probe, before)
+    assert steps < CANCEL_MAX_NEW // 2, f"the model ran {steps} steps after the client left"
 
 
 async def test_cancelling_a_unary_generate_stops_the_model(probed) -> None:  # type: ignore[no-untyped-def]
-    generator, stub = probed
-    before = len(generator.runs)
+    engine, probe, stub = probed
+    before = probe.steps
     call = stub.Generate(
         generation_pb2.GenerateRequest(
             messages=GREETING, sampling=generation_pb2.SamplingParams(max_new_tokens=CANCEL_MAX_NEW)
         )
     )
     for _ in range(500):  # wait until the model is producing tokens
-        if len(generator.runs) > before and generator.runs[-1][0].steps > 0:
+        if probe.steps > before + 1:
             break
         await asyncio.sleep(0.01)
     else:
@@ -577,13 +558,12 @@ async def test_cancelling_a_unary_generate_stops_the_model(probed) -> None:  # t
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    probe = await wait_for_run_end(generator)
-    assert probe.steps < CANCEL_MAX_NEW // 2
+    assert await steps_until_idle(engine, probe, before) < CANCEL_MAX_NEW // 2
 
 
 async def test_a_deadline_stops_the_model(probed) -> None:  # type: ignore[no-untyped-def]
-    generator, stub = probed
-    before = len(generator.runs)
+    engine, probe, stub = probed
+    before = probe.steps
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Generate(
             generation_pb2.GenerateRequest(
@@ -592,6 +572,4 @@ async def test_a_deadline_stops_the_model(probed) -> None:  # type: ignore[no-un
             timeout=1.0,
         )
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert len(generator.runs) == before + 1
-    probe = await wait_for_run_end(generator)
-    assert probe.steps < CANCEL_MAX_NEW // 2
+    assert await steps_until_idle(engine, probe, before) < CANCEL_MAX_NEW // 2

@@ -1,30 +1,26 @@
-"""TextGenerator on a tiny random Llama: bounds, determinism, stop sequences, cancellation."""
+"""Generation through the engine on a tiny random Llama: bounds, determinism, stop sequences,
+cancellation, incremental decoding."""
 
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import StoppingCriteria
 
 from ragrail.common.errors import InvalidArgument
-from ragrail.generation.core import (
-    FinishReason,
-    Message,
-    Sampling,
-    TextGenerator,
-    _IncrementalDecoder,
-)
+from ragrail.generation.core import FinishReason, Message, Sampling, TextGenerator
+from ragrail.generation.detokenize import IncrementalDecoder
+from ragrail.generation.engine import ContinuousBatcher
 
 LIMIT = 240  # max_new_tokens_limit; a short prompt plus LIMIT exceeds the 256-token context
 HELLO = [Message("user", "hello there, which train goes to the coast?")]
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_llama_dir: Path) -> TextGenerator:
+def text_generator(tiny_llama_dir: Path) -> TextGenerator:
     return TextGenerator(
         str(tiny_llama_dir),
         name="tiny",
@@ -36,40 +32,44 @@ def generator(tiny_llama_dir: Path) -> TextGenerator:
     )
 
 
-class _StepProbe(StoppingCriteria):
-    """Counts the tokens the model really generates, slowly, so cancellation has time to bite."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.steps = 0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
-        self.steps += 1
-        time.sleep(self.delay_s)
-        return torch.zeros((input_ids.shape[0],), dtype=torch.bool)  # type: ignore[return-value]
-
-
-class SlowGenerator(TextGenerator):
-    """A TextGenerator whose model takes ``delay_s`` per token and reports how many it made."""
-
-    delay_s = 0.02
-
-    def _generate_kwargs(self, prompt, streamer, cancel):  # type: ignore[no-untyped-def]
-        kwargs = super()._generate_kwargs(prompt, streamer, cancel)
-        self.probe = _StepProbe(self.delay_s)
-        kwargs["stopping_criteria"].append(self.probe)
-        return kwargs
-
-
 @pytest.fixture(scope="module")
-def slow_generator(tiny_llama_dir: Path) -> SlowGenerator:
-    return SlowGenerator(str(tiny_llama_dir), name="tiny-slow", dtype="float32", max_new_tokens_limit=LIMIT)
+def generator(text_generator: ContinuousBatcher) -> Iterator[ContinuousBatcher]:
+    engine = ContinuousBatcher(text_generator, max_batch_size=4)
+    yield engine
+    engine.close()
+
+
+class StepCounter:
+    """Counts the model's forward passes (one per decoding step) and can hold each one back."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls = 0
+        self.gate = threading.Semaphore(0)
+        self.gated = False
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: object, args: object) -> None:
+        if self.gated:
+            self.gate.acquire(timeout=10)
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture
+def steps(text_generator: ContinuousBatcher) -> Iterator[StepCounter]:
+    counter = StepCounter(text_generator.model)
+    yield counter
+    counter.gated = False
+    counter.gate.release(1000)
+    counter.remove()
 
 
 # -- whole generations ---------------------------------------------------------
 
 
-def test_generate_stops_at_max_new_tokens_with_length(generator: TextGenerator) -> None:
+def test_generate_stops_at_max_new_tokens_with_length(generator: ContinuousBatcher) -> None:
     result = generator.generate(HELLO, Sampling(max_new_tokens=10))
     assert result.finish_reason is FinishReason.LENGTH
     assert result.text.strip()
@@ -77,19 +77,19 @@ def test_generate_stops_at_max_new_tokens_with_length(generator: TextGenerator) 
     assert result.prompt_tokens > 0
 
 
-def test_default_max_new_tokens_applies_when_unset(generator: TextGenerator) -> None:
+def test_default_max_new_tokens_applies_when_unset(generator: ContinuousBatcher) -> None:
     result = generator.generate(HELLO, Sampling())
     assert result.finish_reason is FinishReason.LENGTH
     assert result.completion_tokens == 12
 
 
-def test_greedy_is_deterministic(generator: TextGenerator) -> None:
+def test_greedy_is_deterministic(generator: ContinuousBatcher) -> None:
     first = generator.generate(HELLO, Sampling(max_new_tokens=16))
     second = generator.generate(HELLO, Sampling(max_new_tokens=16))
     assert first == second
 
 
-def test_seeded_sampling_is_reproducible(generator: TextGenerator) -> None:
+def test_seeded_sampling_is_reproducible(generator: ContinuousBatcher) -> None:
     sampling = Sampling(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=7)
     first = generator.generate(HELLO, sampling)
     second = generator.generate(HELLO, sampling)
@@ -98,7 +98,7 @@ def test_seeded_sampling_is_reproducible(generator: TextGenerator) -> None:
     assert first.text != other.text  # 30k near-uniform choices: distinct seeds give distinct text
 
 
-def test_stream_deltas_concatenate_to_the_generated_text(generator: TextGenerator) -> None:
+def test_stream_deltas_concatenate_to_the_generated_text(generator: ContinuousBatcher) -> None:
     events = list(generator.stream(HELLO, Sampling(max_new_tokens=16)))
     assert all(e.finish_reason is None for e in events[:-1])
     last = events[-1]
@@ -108,7 +108,7 @@ def test_stream_deltas_concatenate_to_the_generated_text(generator: TextGenerato
     assert "".join(e.delta for e in events) == whole.text
 
 
-def test_stop_sequence_cuts_the_text(generator: TextGenerator) -> None:
+def test_stop_sequence_cuts_the_text(generator: ContinuousBatcher) -> None:
     full = generator.generate(HELLO, Sampling(max_new_tokens=16)).text
     words = full.split()
     assert len(words) >= 3
@@ -122,20 +122,20 @@ def test_stop_sequence_cuts_the_text(generator: TextGenerator) -> None:
 # -- validation ----------------------------------------------------------------
 
 
-def test_max_new_tokens_above_the_limit_is_invalid(generator: TextGenerator) -> None:
+def test_max_new_tokens_above_the_limit_is_invalid(generator: ContinuousBatcher) -> None:
     with pytest.raises(InvalidArgument, match=f"max_new_tokens must be in 1..{LIMIT}"):
         generator.generate(HELLO, Sampling(max_new_tokens=LIMIT + 1))
 
 
-def test_prompt_plus_new_tokens_beyond_the_context_is_invalid(generator: TextGenerator) -> None:
+def test_prompt_plus_new_tokens_beyond_the_context_is_invalid(generator: ContinuousBatcher) -> None:
     prompt_tokens = generator.prepare(HELLO, Sampling(max_new_tokens=1)).token_count
-    fits = generator.context_window - prompt_tokens
+    fits = generator.generator.context_window - prompt_tokens
     generator.prepare(HELLO, Sampling(max_new_tokens=fits))  # exactly the context: fine
     with pytest.raises(InvalidArgument, match="context of 256 tokens"):
         generator.prepare(HELLO, Sampling(max_new_tokens=fits + 1))
 
 
-def test_prompt_longer_than_the_context_is_invalid(generator: TextGenerator) -> None:
+def test_prompt_longer_than_the_context_is_invalid(generator: ContinuousBatcher) -> None:
     long_prompt = [Message("user", " ".join(["station"] * 300))]
     with pytest.raises(InvalidArgument, match="context"):
         generator.generate(long_prompt, Sampling(max_new_tokens=1))
@@ -151,7 +151,7 @@ def test_prompt_longer_than_the_context_is_invalid(generator: TextGenerator) -> 
         ([Message("user", "x" * 4001)], "limit is 4000"),
     ],
 )
-def test_bad_messages_are_invalid(generator: TextGenerator, messages: list[Message], message: str) -> None:
+def test_bad_messages_are_invalid(generator: ContinuousBatcher, messages: list[Message], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         generator.stream(messages, Sampling(max_new_tokens=4))  # fails before any token
 
@@ -168,7 +168,7 @@ def test_bad_messages_are_invalid(generator: TextGenerator, messages: list[Messa
         Sampling(stop=tuple("abcdefghi")),
     ],
 )
-def test_bad_sampling_is_invalid(generator: TextGenerator, sampling: Sampling) -> None:
+def test_bad_sampling_is_invalid(generator: ContinuousBatcher, sampling: Sampling) -> None:
     with pytest.raises(InvalidArgument):
         generator.prepare(HELLO, sampling)
 
@@ -176,7 +176,7 @@ def test_bad_sampling_is_invalid(generator: TextGenerator, sampling: Sampling) -
 # -- cancellation --------------------------------------------------------------
 
 
-def test_cancel_after_first_event_ends_with_cancelled_and_no_more_tokens(generator: TextGenerator) -> None:
+def test_cancel_after_first_event_ends_with_cancelled_and_no_more_tokens(generator: ContinuousBatcher) -> None:
     cancel = threading.Event()
     events = generator.stream(HELLO, Sampling(max_new_tokens=200), cancel)
     first = next(events)
@@ -186,33 +186,45 @@ def test_cancel_after_first_event_ends_with_cancelled_and_no_more_tokens(generat
     assert len(rest) == 1, "nothing but the final event may follow a cancellation"
     final = rest[0]
     assert final.finish_reason is FinishReason.CANCELLED
-    assert final.completion_tokens <= 3
+    assert final.completion_tokens < 200
     assert final.prompt_tokens > 0
 
 
-def test_cancel_stops_the_model_itself(slow_generator: SlowGenerator) -> None:
+def test_cancel_stops_the_model_itself(generator: ContinuousBatcher, steps: StepCounter) -> None:
+    steps.gated = True  # the model makes one step per permit: it cannot run ahead of the test
     cancel = threading.Event()
-    events = slow_generator.stream(HELLO, Sampling(max_new_tokens=200), cancel)
+    events = generator.stream(HELLO, Sampling(max_new_tokens=200), cancel)
+    steps.gate.release(2)  # prefill + first decoding step
     next(events)
     cancel.set()
+    steps.gated = False
+    steps.gate.release(1000)
     final = list(events)[-1]
     assert final.finish_reason is FinishReason.CANCELLED
-    # 200 tokens would take >= 4 s; the model must have stopped within a few tokens.
-    assert slow_generator.probe.steps < 50
+    _wait_idle(generator)
+    assert steps.calls < 10, f"the model ran {steps.calls} steps for a request cancelled after its first token"
 
 
-def test_abandoning_the_stream_stops_the_model(slow_generator: SlowGenerator) -> None:
+def test_abandoning_the_stream_stops_the_model(generator: ContinuousBatcher, steps: StepCounter) -> None:
     cancel = threading.Event()
-    events = slow_generator.stream(HELLO, Sampling(max_new_tokens=200), cancel)
+    events = generator.stream(HELLO, Sampling(max_new_tokens=200), cancel)
     next(events)
     events.close()  # the consumer walks away (e.g. a dropped gRPC stream)
     assert cancel.is_set()
-    steps = slow_generator.probe.steps
-    time.sleep(0.2)
-    assert slow_generator.probe.steps == steps < 50  # the worker has finished
+    _wait_idle(generator)
+    assert steps.calls < 200  # it left the batch long before its 200 tokens
 
 
-# -- _IncrementalDecoder with a fake tokenizer ------------------------------------------
+def _wait_idle(engine: ContinuousBatcher) -> None:
+    done = threading.Event()
+    for _ in range(2000):
+        if engine.idle:
+            return
+        done.wait(0.005)
+    raise AssertionError("the engine never went idle")
+
+
+# -- IncrementalDecoder with a fake tokenizer ------------------------------------------
 
 
 class FakeTokenizer:
@@ -220,13 +232,15 @@ class FakeTokenizer:
 
     def __init__(self, pieces: list[str | bytes]) -> None:
         self.pieces = [p.encode() if isinstance(p, str) else p for p in pieces]
+        self.decoded_lengths: list[int] = []
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        self.decoded_lengths.append(len(ids))
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
 
-def feed(pieces: list[str | bytes], stop: tuple[str, ...]) -> tuple[list[str], _IncrementalDecoder]:
-    decoder = _IncrementalDecoder(FakeTokenizer(pieces), stop)
+def feed(pieces: list[str | bytes], stop: tuple[str, ...]) -> tuple[list[str], IncrementalDecoder]:
+    decoder = IncrementalDecoder(FakeTokenizer(pieces), stop)
     deltas = []
     for i in range(len(pieces)):
         deltas.append(decoder.add(i))
@@ -293,3 +307,21 @@ def test_unfinished_utf8_character_is_held_back() -> None:
 def test_unfinished_utf8_character_at_the_end_is_dropped_by_flush() -> None:
     deltas, _ = feed([b"caf", b"\xc3"], ())
     assert deltas == ["caf", "", ""]
+
+
+def test_decoding_cost_per_token_does_not_grow_with_the_output() -> None:
+    """Each token decodes a window of a few ids, not the whole output (that was O(n^2) per request)."""
+    pieces: list[str | bytes] = [f" w{i}" for i in range(500)]
+    tokenizer = FakeTokenizer(pieces)
+    decoder = IncrementalDecoder(tokenizer, ("STOP",))
+    text = "".join(decoder.add(i) for i in range(500)) + decoder.flush()
+    assert text == "".join(str(p) for p in pieces)
+    assert max(tokenizer.decoded_lengths) <= 3
+
+
+def test_deltas_match_a_whole_decode_with_the_real_tokenizer(text_generator: ContinuousBatcher) -> None:
+    tokenizer = text_generator.tokenizer
+    ids = tokenizer("Northwind Rail's trains run hourly; café prices: £3.50 — no refunds!")["input_ids"][1:-1]
+    decoder = IncrementalDecoder(tokenizer)
+    text = "".join(decoder.add(i) for i in ids) + decoder.flush()
+    assert text == tokenizer.decode(ids, skip_special_tokens=True)

@@ -26,9 +26,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Weights' dtype (ragrail.common.models.pick_dtype): auto = bfloat16 on CUDA, float32 on CPU.
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
 class EmbeddingSettings(Strict):
     model: str = Field("builtin:all-MiniLM-L6-v2", description="builtin name, hub id or folder")
     device: str = Field("auto", description="auto, cpu or cuda")
+    dtype: ModelDtype = Field(
+        "auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16; "
+        "vectors are pooled and normalised in float32 either way"
+    )
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_text_chars: int = Field(8192, ge=1)
     max_tokens: int = Field(256, ge=8, description="window; longer texts are truncated")
@@ -76,15 +84,27 @@ class RetrievalSettings(Strict):
 class GenerationSettings(Strict):
     model: str = Field("builtin:smollm2-135m-instruct", description="builtin name, hub id or folder")
     revision: str | None = None
-    dtype: str = Field("bfloat16", description="float32, bfloat16 or float16")
+    dtype: ModelDtype = Field(
+        "auto", description="auto (bfloat16 on CUDA, float32 on CPU: on 2 cores bfloat16 generated at about half "
+        "float32's speed), float32, bfloat16 or float16"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     max_new_tokens_limit: int = Field(512, ge=1)
     default_max_new_tokens: int = Field(128, ge=1)
     max_messages: int = Field(64, ge=1)
     max_prompt_chars: int = Field(32_000, ge=1)
-    max_batch_size: int = Field(4, ge=1, le=256, description="concurrent requests sharing one generate call")
-    batch_wait_s: float = Field(0.02, ge=0, le=1, description="how long a batch waits to fill")
-    max_waiting: int = Field(64, ge=1, description="requests waiting for a batch; more get RESOURCE_EXHAUSTED")
+    max_batch_size: int = Field(
+        8, ge=1, le=1024, description="requests decoded together (continuous batching: they join and leave "
+        "between steps); 1 = one at a time"
+    )
+    max_batch_tokens: int = Field(
+        16_384, ge=1, description="KV-cache budget of the running batch, in tokens: a request reserves its prompt "
+        "plus max_new_tokens and waits while the budget is spent (raised to the model's context if lower)"
+    )
+    prefill_chunk_tokens: int = Field(
+        512, ge=1, description="prompt tokens prefilled per step while other requests decode (bounds their stall)"
+    )
+    max_waiting: int = Field(64, ge=1, description="requests waiting to join the batch; more get RESOURCE_EXHAUSTED")
     cpu_threads: int | None = Field(
         None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
         "(Ray alone gives a replica with num_cpus < 1 a single thread)"
@@ -96,7 +116,7 @@ _BACKEND_FIELDS = {
     "profanity_check": (),
     "nanoguard": ("window_chars",),
     "regex": ("pii_types", "pii_allow"),
-    "transformers": ("model", "revision", "label", "device", "batch_size", "max_length"),
+    "transformers": ("model", "revision", "label", "device", "dtype", "batch_size", "max_length"),
 }
 
 
@@ -121,6 +141,10 @@ class CategorySettings(Strict):
     revision: str | None = Field(None, description="transformers: hub revision")
     label: str | int | None = Field(None, description="transformers: the label scored, by name or index")
     device: str | None = Field(None, description="transformers: auto, cpu or cuda (default: the replica's)")
+    dtype: ModelDtype | None = Field(
+        None, description="transformers: auto (bfloat16 on CUDA, float32 on CPU; the default), float32, bfloat16 "
+        "or float16"
+    )
     batch_size: int | None = Field(None, ge=1, description="transformers: texts per forward pass (default 32)")
     max_length: int | None = Field(None, ge=8, description="transformers: token cap (default the model's)")
 

@@ -1,31 +1,32 @@
-"""Text generation with a transformers causal LM: whole or streamed.
+"""A chat model behind validation and bounds: the model side of text generation.
 
-``generate`` runs in a worker thread and hands token ids to the caller through
-a queue; the caller decodes incrementally, applies stop sequences and can
-cancel at any time (a stopping criterion checks a flag before every token), so a
-cancelled or expired call stops the model at once instead of running to the end.
+``TextGenerator`` loads a causal LM and its tokenizer through ``from_pretrained``,
+validates messages and sampling, and turns a chat into prompt ids. Running
+requests (continuous batching, streaming, cancellation) is the job of a
+``GenerationEngine`` (see ``ragrail.generation.engine``); the servicer only
+knows that protocol, so another engine (vLLM, say) can take its place.
 """
 
 from __future__ import annotations
 
 import enum
-import queue
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ragrail.common.errors import require
+from ragrail.common.models import pick_dtype
 
 if TYPE_CHECKING:
     from ragrail.common.config import GenerationSettings
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
 _ROLES = ("system", "user", "assistant")
 
 
@@ -85,7 +86,9 @@ def collect(events: Iterator[StreamEvent]) -> Generation:
 
 
 @dataclass
-class _Prompt:
+class PreparedPrompt:
+    """A validated request: prompt ids (on the host), its sampling and its token bound."""
+
     input_ids: torch.Tensor
     sampling: Sampling
     max_new_tokens: int
@@ -96,7 +99,7 @@ class _Prompt:
 
 
 class TextGenerator:
-    """A chat model behind validation, bounds, streaming and cancellation."""
+    """A chat model and its tokenizer behind validation and bounds."""
 
     def __init__(
         self,
@@ -104,14 +107,13 @@ class TextGenerator:
         *,
         name: str,
         device: str = "cpu",
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         revision: str | None = None,
         max_new_tokens_limit: int = 512,
         default_max_new_tokens: int = 128,
         max_messages: int = 64,
         max_prompt_chars: int = 32_000,
     ) -> None:
-        require(dtype in _DTYPES, f"dtype must be one of {sorted(_DTYPES)}, got {dtype}")
         self.name = name
         self.device = device
         self.max_new_tokens_limit = max_new_tokens_limit
@@ -120,30 +122,12 @@ class TextGenerator:
         self.max_prompt_chars = max_prompt_chars
         self.tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
         self.model = AutoModelForCausalLM.from_pretrained(
-            location, revision=revision, dtype=_DTYPES[dtype]
+            location, revision=revision, dtype=pick_dtype(dtype, device)
         ).to(device).eval()
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self._seed_lock = threading.Lock()
+        log.info("generation model %s on %s (%s)", name, self.model.device, self.model.dtype)
 
-    # -- public API ---------------------------------------------------------
-
-    def generate(
-        self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
-    ) -> Generation:
-        return collect(self.stream(messages, sampling, cancel))
-
-    def stream(
-        self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
-    ) -> Iterator[StreamEvent]:
-        """Yields text deltas as tokens arrive; the last event carries the totals.
-
-        Validation happens before the first yield is requested, so bad input
-        fails the call rather than an open stream.
-        """
-        prompt = self.prepare(messages, sampling)
-        return self._run(prompt, cancel or threading.Event())
-
-    def prepare(self, messages: Sequence[Message], sampling: Sampling) -> _Prompt:
+    def prepare(self, messages: Sequence[Message], sampling: Sampling) -> PreparedPrompt:
         self._validate_messages(messages)
         max_new = self._validate_sampling(sampling)
         chat = [{"role": m.role, "content": m.content} for m in messages]
@@ -151,7 +135,7 @@ class TextGenerator:
             chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         input_ids = encoded["input_ids"]
-        prompt = _Prompt(input_ids=input_ids, sampling=sampling, max_new_tokens=max_new)
+        prompt = PreparedPrompt(input_ids=input_ids, sampling=sampling, max_new_tokens=max_new)
         require(
             prompt.token_count + max_new <= self.context_window,
             f"prompt has {prompt.token_count} tokens; with max_new_tokens={max_new} it exceeds "
@@ -191,222 +175,21 @@ class TextGenerator:
                 "at most 8 stop sequences of 1..64 characters")
         return max_new
 
-    def sampling_key(self, prompt: _Prompt) -> tuple[object, ...]:
-        """Requests with equal keys may share one batched ``generate`` call."""
-        s = prompt.sampling
-        return (prompt.max_new_tokens, s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.seed)
-
-    def _generate_kwargs(self, prompt: _Batch, streamer: BaseStreamer, cancel: list[threading.Event]) -> dict:
-        s = prompt.rows[0].prompt.sampling  # every row of a batch shares its sampling
-        kwargs: dict = {
-            "input_ids": prompt.input_ids.to(self.device),
-            "attention_mask": prompt.attention_mask.to(self.device),
-            "max_new_tokens": prompt.rows[0].prompt.max_new_tokens,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)]),
-            "pad_token_id": self._pad_id,
-            "repetition_penalty": s.repetition_penalty,
-        }
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else (self.eos_token_ids or [0])[0])
 
     @property
-    def _pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id)
-
-    def new_row(self, prompt: _Prompt, cancel: threading.Event | None = None) -> Row:
-        return Row(prompt, cancel or threading.Event())
-
-    def run_batch(self, rows: list[Row]) -> None:
-        """Generates for every row in one ``generate`` call (blocking); tokens flow to each row."""
-        batch = _Batch(rows, self._pad_id)
-        streamer = _BatchStreamer(rows)
-        kwargs = self._generate_kwargs(batch, streamer, [row.cancel for row in rows])
-        try:
-            with torch.inference_mode():
-                seed = rows[0].prompt.sampling.seed
-                if seed is not None:
-                    # torch's RNG is process-wide: hold the lock so the seed
-                    # governs this whole generation.
-                    with self._seed_lock:
-                        torch.manual_seed(seed)
-                        self.model.generate(**kwargs)
-                else:
-                    self.model.generate(**kwargs)
-        except BaseException as exc:  # reported to each consumer, not lost in a thread
-            streamer.fail(exc)
-
-    def _run(self, prompt: _Prompt, cancel: threading.Event) -> Iterator[StreamEvent]:
-        row = self.new_row(prompt, cancel)
-        worker = threading.Thread(target=self.run_batch, args=([row],), name="generate", daemon=True)
-        worker.start()
-        try:
-            yield from self.consume(row)
-        finally:
-            worker.join(timeout=5)
-
-    def consume(self, row: Row) -> Iterator[StreamEvent]:
-        """Turns a row's token ids into text deltas, ending with the totals."""
-        decoder = _IncrementalDecoder(self.tokenizer, row.prompt.sampling.stop)
-        eos = set(_as_list(self.model.generation_config.eos_token_id))
-        finish = FinishReason.LENGTH
-        try:
-            for token_id in row:
-                if token_id in eos:
-                    finish = FinishReason.STOP
-                    break
-                delta = decoder.add(token_id)
-                if decoder.stopped:
-                    finish = FinishReason.STOP_SEQUENCE
-                    if delta:
-                        yield StreamEvent(delta)
-                    break
-                if delta:
-                    yield StreamEvent(delta)
-                if row.cancel.is_set():
-                    finish = FinishReason.CANCELLED
-                    break
-                if decoder.token_count >= row.prompt.max_new_tokens:
-                    break  # LENGTH: in a batch, generate may run on for other rows
-        finally:
-            # Runs on normal end, on break, and when the consumer abandons the
-            # iterator (GeneratorExit): this row stops at the model's next token.
-            row.cancel.set()
-        yield StreamEvent(
-            decoder.flush(),
-            finish_reason=finish,
-            prompt_tokens=row.prompt.token_count,
-            completion_tokens=decoder.token_count,
-        )
-
-
-@dataclass(eq=False)  # identity, not field equality: rows hold tensors of different shapes
-class Row:
-    """One request inside a (possibly batched) generate call."""
-
-    prompt: _Prompt
-    cancel: threading.Event
-    tokens: queue.Queue[object] = field(default_factory=queue.Queue)
-    error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self.tokens.get()
-            if item is _END:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield item  # type: ignore[misc]
-
-
-class _Batch:
-    """Left-padded inputs: decoder-only models continue from the right edge."""
-
-    def __init__(self, rows: list[Row], pad_id: int) -> None:
-        self.rows = rows
-        width = max(r.prompt.token_count for r in rows)
-        self.input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        self.attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids = row.prompt.input_ids.reshape(-1)
-            self.input_ids[i, width - len(ids) :] = ids
-            self.attention_mask[i, width - len(ids) :] = 1
-
-
-class _CancelCriteria(StoppingCriteria):
-    """Per row: a cancelled (or finished-by-consumer) row stops; the others go on."""
-
-    def __init__(self, cancel: list[threading.Event]) -> None:
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.BoolTensor:
-        return torch.tensor([c.is_set() for c in self.cancel], dtype=torch.bool)  # type: ignore[return-value]
-
-
-_END = object()
-
-
-class _BatchStreamer(BaseStreamer):
-    """Receives each step's new token per row from ``generate`` and routes it."""
-
-    def __init__(self, rows: list[Row]) -> None:
-        self._rows = rows
-        self._seen_prompt = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._seen_prompt:  # generate() first hands over the prompt
-            self._seen_prompt = True
-            return
-        for row, token_id in zip(self._rows, value.reshape(-1).tolist(), strict=True):
-            if not row.cancel.is_set():
-                row.tokens.put(int(token_id))
-
-    def end(self) -> None:
-        for row in self._rows:
-            row.tokens.put(_END)
-
-    def fail(self, exc: BaseException) -> None:
-        for row in self._rows:
-            row.error = exc
-            row.tokens.put(_END)
-
-
-class _IncrementalDecoder:
-    """Decodes token ids into text deltas and cuts at stop sequences.
-
-    Text that could still grow into a stop sequence, or an unfinished UTF-8
-    character, is held back until the next token settles it.
-    """
-
-    def __init__(self, tokenizer: object, stop: Sequence[str]) -> None:
-        self._tokenizer = tokenizer
-        self._stop = tuple(stop)
-        self._ids: list[int] = []
-        self._emitted = 0
-        self.stopped = False
+    def eos_token_ids(self) -> list[int]:
+        """Tokens that end a generation: the generation config's, else the tokenizer's."""
+        ids = _as_list(self.model.generation_config.eos_token_id)
+        return ids or _as_list(self.tokenizer.eos_token_id)
 
     @property
-    def token_count(self) -> int:
-        return len(self._ids)
-
-    def add(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text = self._text()
-        for stop in self._stop:
-            at = text.find(stop)
-            if at != -1:
-                self.stopped = True
-                return self._emit(text[:at])
-        safe_end = len(text)
-        if text.endswith("\ufffd"):
-            safe_end -= 1
-        safe_end -= self._partial_stop_suffix(text[:safe_end])
-        return self._emit(text[:safe_end])
-
-    def flush(self) -> str:
-        if self.stopped:
-            return ""
-        return self._emit(self._text().rstrip("\ufffd"))
-
-    def _text(self) -> str:
-        return self._tokenizer.decode(self._ids, skip_special_tokens=True)  # type: ignore[attr-defined]
-
-    def _emit(self, upto: str) -> str:
-        delta = upto[self._emitted :]
-        self._emitted = max(self._emitted, len(upto))
-        return delta
-
-    def _partial_stop_suffix(self, text: str) -> int:
-        longest = 0
-        for stop in self._stop:
-            for n in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:n]):
-                    longest = max(longest, n)
-                    break
-        return longest
+    def suppressed_token_ids(self) -> list[int]:
+        """Tokens the model's generation config never lets it emit (``suppress_tokens``)."""
+        return _as_list(getattr(self.model.generation_config, "suppress_tokens", None))
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:
@@ -416,11 +199,11 @@ def _as_list(value: int | list[int] | None) -> list[int]:
 
 
 class GenerationEngine(Protocol):
-    """What the servicer needs; TextGenerator, BatchingGenerator (and e.g. a vLLM engine) provide it."""
+    """What the servicer needs; ``ContinuousBatcher`` provides it (a vLLM engine could too)."""
 
     name: str
 
-    def prepare(self, messages: Sequence[Message], sampling: Sampling) -> _Prompt: ...
+    def prepare(self, messages: Sequence[Message], sampling: Sampling) -> PreparedPrompt: ...
 
     def generate(
         self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
@@ -430,23 +213,24 @@ class GenerationEngine(Protocol):
         self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Iterator[StreamEvent]: ...
 
+    def astream(
+        self, messages: Sequence[Message], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> AsyncIterator[StreamEvent]: ...
 
-def build_engine(settings: "GenerationSettings", models_dir: Path) -> GenerationEngine:
-    generator = build_generator(settings, models_dir)
-    if settings.max_batch_size <= 1:
-        return generator
-    from ragrail.generation.batching import BatchingGenerator
 
-    return BatchingGenerator(
-        generator,
-        max_batch_size=settings.max_batch_size,
-        batch_wait_s=settings.batch_wait_s,
-        max_waiting=settings.max_waiting,
-    )
+async def acollect(events: AsyncIterator[StreamEvent]) -> Generation:
+    """``collect`` for an asyncio stream."""
+    parts: list[str] = []
+    last = StreamEvent("")
+    async for event in events:
+        parts.append(event.delta)
+        last = event
+    assert last.finish_reason is not None
+    return Generation("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
 
 
 def build_generator(settings: "GenerationSettings", models_dir: Path) -> TextGenerator:
-    from ragrail.common.models import pick_device, resolve_model
+    from ragrail.common.models import pick_device, resolve_model  # noqa: PLC0415
 
     return TextGenerator(
         resolve_model(settings.model, models_dir),

@@ -8,7 +8,8 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.serving import replica_settings, use_cpu_threads
-from ragrail.generation.core import build_engine
+from ragrail.common.service_metrics import service_metrics
+from ragrail.generation.engine import StepStats, build_engine
 from ragrail.generation.servicer import GenerationServicer
 
 
@@ -17,7 +18,12 @@ class GenerationDeployment(GenerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
         use_cpu_threads(s.generation.cpu_threads)
-        super().__init__(build_engine(s.generation, s.models_path))
+        super().__init__(build_engine(s.generation, s.models_path, observer=_record_step))
+
+
+def _record_step(step: StepStats) -> None:
+    if step.running:
+        service_metrics("generation").observe_batch(step.running, method="Generate")
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -10,7 +9,7 @@ from typing import Any
 
 from ragrail.common.grpc_errors import grpc_method, grpc_stream_method
 from ragrail.common.service_metrics import service_metrics
-from ragrail.generation.core import FinishReason, GenerationEngine, Message, Sampling
+from ragrail.generation.core import FinishReason, GenerationEngine, Message, Sampling, acollect
 from ragrail.generation.v1 import generation_pb2 as pb
 from ragrail.generation.v1 import generation_pb2_grpc
 
@@ -45,29 +44,30 @@ def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, generator: GenerationEngine) -> None:
-        self._generator = generator
+    def __init__(self, engine: GenerationEngine) -> None:
+        self._engine = engine
 
     @grpc_method(pb.GenerateResponse)
     async def Generate(
         self, request: pb.GenerateRequest, grpc_context: Any = None
     ) -> pb.GenerateResponse:
-        messages = messages_from_pb(request.messages)
-        sampling = sampling_from_pb(request.sampling)
-        self._generator.prepare(messages, sampling)  # validate before taking a thread
         cancel = threading.Event()
-        metrics = service_metrics("generation")
         started = time.perf_counter()
         try:
-            result = await metrics.to_thread(self._generator.generate, messages, sampling, cancel)
+            result = await acollect(
+                self._engine.astream(messages_from_pb(request.messages), sampling_from_pb(request.sampling), cancel)
+            )
         finally:
-            cancel.set()  # deadline or client gone: the model stops at its next token
-        metrics.observe_tokens(result.completion_tokens, time.perf_counter() - started, result.prompt_tokens)
+            cancel.set()  # deadline or client gone: the row leaves the batch at the next step
+        elapsed = time.perf_counter() - started
+        metrics = service_metrics("generation")
+        metrics.observe_model(elapsed)
+        metrics.observe_tokens(result.completion_tokens, elapsed, result.prompt_tokens)
         return pb.GenerateResponse(
             text=result.text,
             finish_reason=_FINISH[result.finish_reason],
             usage=pb.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
-            model=self._generator.name,
+            model=self._engine.name,
         )
 
     @grpc_stream_method
@@ -76,25 +76,21 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         cancel = threading.Event()
         started = time.perf_counter()
-        events = self._generator.stream(
-            messages_from_pb(request.messages), sampling_from_pb(request.sampling), cancel
-        )
+        # Validates and queues before the first response: bad input fails the call, not an open stream.
+        events = self._engine.astream(messages_from_pb(request.messages), sampling_from_pb(request.sampling), cancel)
         try:
-            while (event := await asyncio.to_thread(next, events, None)) is not None:
+            async for event in events:
                 if event.finish_reason is None:
                     yield pb.GenerateStreamResponse(delta=event.delta)
-                else:
-                    elapsed = time.perf_counter() - started
-                    metrics = service_metrics("generation")
-                    metrics.observe_model(elapsed)
-                    metrics.observe_tokens(event.completion_tokens, elapsed, event.prompt_tokens)
-                    yield pb.GenerateStreamResponse(
-                        delta=event.delta,
-                        finish_reason=_FINISH[event.finish_reason],
-                        usage=pb.Usage(
-                            prompt_tokens=event.prompt_tokens,
-                            completion_tokens=event.completion_tokens,
-                        ),
-                    )
+                    continue
+                elapsed = time.perf_counter() - started
+                metrics = service_metrics("generation")
+                metrics.observe_model(elapsed)
+                metrics.observe_tokens(event.completion_tokens, elapsed, event.prompt_tokens)
+                yield pb.GenerateStreamResponse(
+                    delta=event.delta,
+                    finish_reason=_FINISH[event.finish_reason],
+                    usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+                )
         finally:
             cancel.set()
