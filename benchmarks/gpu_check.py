@@ -274,7 +274,8 @@ def main() -> None:
     parser.add_argument("--callers", default="4,16,64,256")
     parser.add_argument("--arrivals", type=int, default=64, help="callers arriving over --arrival-s")
     parser.add_argument("--arrival-s", type=float, default=2.0)
-    parser.add_argument("--prefill-chunk", type=int, default=4096, help="engine's prefill_chunk_tokens")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="engine's prefill_chunk_tokens (default: the engine's, 4096 on CUDA)")
     parser.add_argument("--embed-texts", type=int, default=4096)
     parser.add_argument("--embed-batch", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="CPU dry run: small sizes")

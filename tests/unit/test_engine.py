@@ -157,6 +157,22 @@ def test_a_long_prefill_is_chunked_between_decoding_steps(engines: Engines) -> N
     assert all(s.prefill_tokens <= 4 for s in chunks)
 
 
+def test_a_burst_of_newcomers_is_prefilled_in_groups_that_fit_a_chunk(engines: Engines, text_generator: TextGenerator) -> None:
+    """The first group decodes while the rest wait their turn: nobody's first token waits
+    for the whole burst's prefill."""
+    engine = engines(max_batch_size=8, prefill_chunk_tokens=60, start=False)
+    jobs = [(p, Sampling(max_new_tokens=6)) for p in PROMPTS * 2]
+    widest = max(text_generator.prepare(ask(p), s).token_count for p, s in jobs)
+    assert widest < 60 < widest * len(jobs)  # each prompt fits a chunk; all of them do not
+    streams = [engine.stream(ask(p), s) for p, s in jobs]
+    engine.step()
+    assert engine.running >= 1 and engine.waiting >= 1, "one step prefilled a group that fits, and it decodes"
+    while not engine.idle:
+        engine.step()
+    assert [list(events)[-1].completion_tokens for events in streams] == [6] * len(jobs)
+    assert max(s.prefill_tokens for s in engines.steps) <= 60
+
+
 def test_cancelled_row_leaves_and_the_others_finish(engines: Engines) -> None:
     engine = engines(max_batch_size=3)
     cancel = threading.Event()

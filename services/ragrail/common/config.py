@@ -101,8 +101,9 @@ class GenerationSettings(Strict):
         16_384, ge=1, description="KV-cache budget of the running batch, in tokens: a request reserves its prompt "
         "plus max_new_tokens and waits while the budget is spent (raised to the model's context if lower)"
     )
-    prefill_chunk_tokens: int = Field(
-        512, ge=1, description="prompt tokens prefilled per step while other requests decode (bounds their stall)"
+    prefill_chunk_tokens: int | None = Field(
+        None, ge=1, description="prompt tokens (padding counted) prefilled per step while other requests decode: "
+        "bounds their stall; default 512 on CPU, 4096 on CUDA"
     )
     max_waiting: int = Field(64, ge=1, description="requests waiting to join the batch; more get RESOURCE_EXHAUSTED")
     cpu_threads: int | None = Field(

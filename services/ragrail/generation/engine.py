@@ -4,11 +4,12 @@ One scheduler thread owns the model. Each iteration it
 1. drops rows whose caller cancelled (deadline, disconnect, stop sequence),
 2. admits waiting requests, oldest first, while the batch has room in rows
    (``max_batch_size``) and in reserved KV tokens (``max_batch_tokens``: a
-   request reserves its prompt plus ``max_new_tokens``),
-3. runs one chunk of the newcomers' prefill (at most ``prefill_chunk_tokens``
-   tokens), so a long prompt delays running rows by one chunk per step, not by
-   its whole prefill; when the last chunk is done the newcomers get their first
-   token and join the running batch,
+   request reserves its prompt plus ``max_new_tokens``), and while the group of
+   newcomers fits one prefill chunk (``prefill_chunk_tokens``, padding counted),
+3. runs one chunk of the newcomers' prefill: a group that fits is prefilled in
+   one step, a single prompt longer than the chunk over several, so running rows
+   are delayed by one chunk per step, never by a whole burst of prompts; when the
+   last chunk is done the newcomers get their first token and join the batch,
 4. runs one decoding step for every running row.
 
 Per step there is one device-to-host copy (the chosen tokens of every row);
@@ -137,7 +138,7 @@ class ContinuousBatcher:
         max_batch_size: int = 8,
         max_waiting: int = 64,
         max_batch_tokens: int = 16_384,
-        prefill_chunk_tokens: int = 512,
+        prefill_chunk_tokens: int | None = None,
         observer: StepObserver | None = None,
         start: bool = True,
     ) -> None:
@@ -147,12 +148,14 @@ class ContinuousBatcher:
         self.max_waiting = max_waiting
         # A request alone must always fit, or it would wait forever.
         self.max_batch_tokens = max(max_batch_tokens, generator.context_window)
-        self.prefill_chunk_tokens = max(1, prefill_chunk_tokens)
         self._observer = observer
         self._model = generator.model
         self._device = generator.model.device
+        self.prefill_chunk_tokens = max(1, prefill_chunk_tokens or _default_prefill_chunk(self._device))
         self._num_layers = check_supported(generator.model)
         self._cache_kwarg = _cache_keyword(generator.model)
+        # Only the last position's logits are needed: skip the vocabulary projection of the rest.
+        self._logits_kwargs = {"logits_to_keep": 1} if _accepts(generator.model, "logits_to_keep") else {}
         self._eos = frozenset(generator.eos_token_ids)
         self._suppress = tuple(generator.suppressed_token_ids)
         self._vocab = int(generator.model.get_output_embeddings().weight.shape[0])
@@ -311,13 +314,18 @@ class ContinuousBatcher:
         rows = list(self._running.rows) if self._running is not None else []
         reserved = sum(r.reserved_tokens for r in rows)
         admitted: list[_Request] = []
+        width = 0
         with self._cond:
             while self._waiting and len(rows) + len(admitted) < self.max_batch_size:
                 head = self._waiting[0]
                 if reserved + head.reserved_tokens > self.max_batch_tokens:
                     break  # oldest first: a big request is not overtaken forever by small ones
+                grown = max(width, head.prompt.token_count)
+                if admitted and grown * (len(admitted) + 1) > self.prefill_chunk_tokens:
+                    break  # the next group takes it, one step later
                 admitted.append(self._waiting.popleft())
                 reserved += head.reserved_tokens
+                width = grown
         if admitted:
             self._prefill = self._start_prefill(admitted)
 
@@ -429,8 +437,8 @@ class ContinuousBatcher:
     ) -> torch.Tensor:
         """Last position's logits [rows, vocab]; the cache grows by ``input_ids``' columns."""
         out = self._model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions,
-            use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache},
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            **{self._cache_kwarg: cache}, **self._logits_kwargs,
         )
         return out.logits[:, -1, :]
 
@@ -516,18 +524,16 @@ def _cat_optional(
 
 def _cache_keyword(model: torch.nn.Module) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use what this version takes."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def _accepts(model: torch.nn.Module, keyword: str) -> bool:
     import inspect
 
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return keyword in inspect.signature(model.forward).parameters
 
 
-def build_engine(settings: GenerationSettings, models_dir: Path, observer: StepObserver | None = None) -> ContinuousBatcher:
-    return ContinuousBatcher(
-        build_generator(settings, models_dir),
-        max_batch_size=settings.max_batch_size,
-        max_waiting=settings.max_waiting,
-        max_batch_tokens=settings.max_batch_tokens,
-        prefill_chunk_tokens=settings.prefill_chunk_tokens,
-        observer=observer,
-    )
+def _default_prefill_chunk(device: torch.device) -> int:
+    """A GPU prefills thousands of tokens in about the time of one decoding step; a CPU core
+    needs ~1 ms per token of a 135M model, so there a chunk is kept short."""
+    return 4096 if device.type == "cuda" else 512
