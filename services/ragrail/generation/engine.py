@@ -537,3 +537,14 @@ def _default_prefill_chunk(device: torch.device) -> int:
     """A GPU prefills thousands of tokens in about the time of one decoding step; a CPU core
     needs ~1 ms per token of a 135M model, so there a chunk is kept short."""
     return 4096 if device.type == "cuda" else 512
+
+
+def build_engine(settings: GenerationSettings, models_dir: Path, observer: StepObserver | None = None) -> ContinuousBatcher:
+    return ContinuousBatcher(
+        build_generator(settings, models_dir),
+        max_batch_size=settings.max_batch_size,
+        max_waiting=settings.max_waiting,
+        max_batch_tokens=settings.max_batch_tokens,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        observer=observer,
+    )
