@@ -102,12 +102,12 @@ class Raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ragrail.common.config import load_settings
-        from ragrail.common.models import resolve_model
+        from ragrail.common.models import pick_dtype, resolve_model
 
         c.quiet_transformers()
         settings = load_settings(None)
         location = resolve_model(settings.generation.model, settings.models_path)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.generation.dtype]
+        dtype = pick_dtype(settings.generation.dtype, "cpu")  # the service's dtype on this (CPU) machine
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).eval()

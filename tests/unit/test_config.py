@@ -197,3 +197,10 @@ def test_services_fit_on_two_cores_at_max_replicas() -> None:
         replicas = autoscaling.get("max_replicas", deployment.get("num_replicas", 1))
         total += replicas * _actor_options(settings, service)["num_cpus"]
     assert total <= CORES, f"at max replicas the services reserve {total} CPUs (> {CORES})"
+
+
+def test_every_service_bounds_its_replica_queue(packaged_raw: dict) -> None:
+    """Ray's default max_queued_requests is unbounded: overload became 30 s stage timeouts."""
+    for service in ("embedding", "retrieval", "generation", "moderation"):
+        queued = packaged_raw[service]["deployment"].get("max_queued_requests", -1)
+        assert 0 < queued <= 256, f"{service}: max_queued_requests {queued}"
