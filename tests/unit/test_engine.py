@@ -157,6 +157,15 @@ def test_a_long_prefill_is_chunked_between_decoding_steps(engines: Engines) -> N
     assert all(s.prefill_tokens <= 4 for s in chunks)
 
 
+def test_from_idle_a_burst_shares_one_prefill(engines: Engines) -> None:
+    """The first arrival waits (up to gather_wait_s) for company instead of being prefilled alone."""
+    engine = engines(max_batch_size=4, gather_wait_s=30.0)  # ends as soon as 4 are waiting
+    results = concurrently(engine, [(p, Sampling(max_new_tokens=5)) for p in PROMPTS])
+    assert [r.completion_tokens for r in results] == [5] * 4
+    first = next(s for s in engines.steps if s.prefill_tokens)
+    assert first.running == 4, "all four were prefilled in the first step and decoded together"
+
+
 def test_a_burst_of_newcomers_is_prefilled_in_groups_that_fit_a_chunk(engines: Engines, text_generator: TextGenerator) -> None:
     """The first group decodes while the rest wait their turn: nobody's first token waits
     for the whole burst's prefill."""

@@ -106,6 +106,10 @@ class GenerationSettings(Strict):
         "bounds their stall; default 512 on CPU, 4096 on CUDA"
     )
     max_waiting: int = Field(64, ge=1, description="requests waiting to join the batch; more get RESOURCE_EXHAUSTED")
+    gather_wait_s: float = Field(
+        0.01, ge=0, le=1, description="when nothing is running, how long a first request waits for others to "
+        "arrive so they share one prefill (a burst prefilled together)"
+    )
     cpu_threads: int | None = Field(
         None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
         "(Ray alone gives a replica with num_cpus < 1 a single thread)"
@@ -188,7 +192,13 @@ class ModerationSettings(Strict):
 class ServeSettings(Strict):
     grpc_port: int = Field(9000, ge=1, le=65535)
     http_port: int = Field(8000, ge=1, le=65535)
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        description="address the local stack's Serve ingress binds (HTTP, and gRPC through HAProxy on the fast "
+        "path; Serve's own gRPC proxy binds [::] whatever it says); a loopback address also keeps "
+        "its whole Ray cluster (GCS, raylet, agents, workers, metrics) on loopback. Unused on Kubernetes, where "
+        "proxies bind all of a pod's interfaces",
+    )
     request_timeout_s: float = Field(120.0, gt=0)
     num_cpus: float | None = Field(None, description="CPUs for the local Ray cluster; default all")
     fast_path: bool = Field(

@@ -139,6 +139,7 @@ class ContinuousBatcher:
         max_waiting: int = 64,
         max_batch_tokens: int = 16_384,
         prefill_chunk_tokens: int | None = None,
+        gather_wait_s: float = 0.01,
         observer: StepObserver | None = None,
         start: bool = True,
     ) -> None:
@@ -146,6 +147,7 @@ class ContinuousBatcher:
         self.generator = generator
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
+        self.gather_wait_s = gather_wait_s
         # A request alone must always fit, or it would wait forever.
         self.max_batch_tokens = max(max_batch_tokens, generator.context_window)
         self._observer = observer
@@ -261,12 +263,28 @@ class ContinuousBatcher:
                     self._cond.wait()
                 if self._closed:
                     break
+                self._gather_while_idle()
             try:
                 self.step()
             except Exception as exc:  # a failed step fails its rows; the engine goes on
                 log.exception("generation step failed; failing %d requests", self._in_flight())
                 self._fail_all(exc)
         self._fail_all(None)
+
+    def _gather_while_idle(self) -> None:
+        """From idle, the first request waits up to ``gather_wait_s`` for company (lock held).
+
+        Requests that arrive together (a burst, a fan-out) then share one prefill instead
+        of the first being prefilled alone while the rest wait for it.
+        """
+        if self._running or self._prefill or not self._waiting:
+            return
+        until = self._waiting[0].enqueued_at + self.gather_wait_s
+        while len(self._waiting) < self.max_batch_size and not self._closed:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def step(self) -> None:
         """One iteration: drop cancelled rows, admit, one prefill chunk, one decoding step."""
@@ -546,5 +564,6 @@ def build_engine(settings: GenerationSettings, models_dir: Path, observer: StepO
         max_waiting=settings.max_waiting,
         max_batch_tokens=settings.max_batch_tokens,
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        gather_wait_s=settings.gather_wait_s,
         observer=observer,
     )
