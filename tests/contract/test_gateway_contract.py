@@ -405,8 +405,8 @@ async def test_run_stream_yields_deltas_then_one_final(gateways: GatewayFactory)
     stack = FakeStack(generation=FakeGeneration(stream_deltas=["Paris ", "is ", "the ", "capital."]))
     h = await gateways([spec("rag")], stack=stack)
     events = [e async for e in h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=5)]
-    assert [e.WhichOneof("event") for e in events] == ["delta"] * 4 + ["final"]
-    assert [e.delta for e in events[:-1]] == ["Paris ", "is ", "the ", "capital."]
+    assert [e.WhichOneof("event") for e in events] == ["delta", "final"]
+    assert events[0].delta == "Paris is the capital."  # shorter than a window: released once checked
     final = events[-1]
     assert final.final.answer == "Paris is the capital."
     assert (final.final.pipeline, final.final.pipeline_version, final.final.fallback) == ("rag", 1, False)
@@ -438,7 +438,8 @@ async def test_token_usage_is_returned_and_counted_once_per_generation(gateways:
 
 async def test_cancelling_run_stream_cancels_the_generation_stream(gateways: GatewayFactory) -> None:
     stack = FakeGeneration(stream_deltas=["one ", "two ", "three "], stream_stall_after=1)
-    h = await gateways([spec("rag")], stack=FakeStack(generation=stack))
+    # Output moderation off: tokens go out as they come, so the client sees one before the stall.
+    h = await gateways([spec("rag", moderation={"output": False})], stack=FakeStack(generation=stack))
     call = h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=10)
     first = await call.read()
     assert first.delta == "one "
@@ -449,6 +450,109 @@ async def test_cancelling_run_stream_cancels_the_generation_stream(gateways: Gat
     await eventually(
         lambda: h.sample("ragrail_gateway_in_flight_requests", {"method": "RunStream"}) == 0
     )
+
+
+async def read_stream(call: Any) -> tuple[list[str], pb.RunResponse]:
+    events = [e async for e in call]
+    assert [e.WhichOneof("event") for e in events][-1:] == ["final"], events
+    assert all(e.WhichOneof("event") == "delta" for e in events[:-1]), events
+    return [e.delta for e in events[:-1]], events[-1].final
+
+
+WORDS = [f"w{i:02d} " for i in range(60)]  # 240 characters: a dozen windows of 20
+
+
+async def test_run_stream_never_sends_text_output_moderation_flags(gateways: GatewayFactory) -> None:
+    deltas_in = list(WORDS)
+    deltas_in[30] = "toxicword "
+    stack = FakeStack(generation=FakeGeneration(stream_deltas=deltas_in))
+    h = await gateways([spec("rag", moderation={"stream_window_chars": 20})], stack=stack)
+    deltas, final = await read_stream(h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=5))
+
+    assert deltas, "the windows before the flagged one are released"
+    assert "toxi" not in "".join(deltas)
+    assert (final.fallback, final.fallback_reason) == (True, pb.FALLBACK_REASON_OUTPUT_FLAGGED)
+    assert final.failed_stage == "moderate_output" and final.replace_streamed
+    assert final.answer == "I can't help with that request."
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("unavailable", pb.FALLBACK_REASON_BACKEND_UNAVAILABLE), ("hang", pb.FALLBACK_REASON_STAGE_TIMEOUT)],
+)
+async def test_run_stream_fails_closed_when_output_moderation_fails_mid_stream(
+    gateways: GatewayFactory, caplog: pytest.LogCaptureFixture, fault: str, reason: int
+) -> None:
+    caplog.set_level(logging.INFO)
+    stack = FakeStack(generation=FakeGeneration(stream_deltas=WORDS))
+    getattr(stack.moderation.faults.succeed(2), fault)()  # the query and the first window pass
+    h = await gateways([spec("rag", moderation={"stream_window_chars": 20, "timeout_s": 0.2})], stack=stack)
+    deltas, final = await read_stream(h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=5))
+
+    assert len(deltas) == 1 and "".join(deltas) in "".join(WORDS)[:60]  # the one window that passed
+    assert (final.fallback, final.fallback_reason, final.failed_stage) == (True, reason, "moderate_output")
+    assert final.replace_streamed
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_run_stream_ends_cleanly_when_generation_fails_mid_stream(
+    gateways: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    stack = FakeStack(generation=FakeGeneration(stream_deltas=WORDS, stream_fail_after=30))
+    h = await gateways([spec("rag", moderation={"stream_window_chars": 20})], stack=stack)
+    deltas, final = await read_stream(h.stub().RunStream(pb.RunStreamRequest(pipeline="rag", query=QUERY), timeout=5))
+    stack.generation.faults.unavailable()
+    unary = await h.stub().Run(run(), timeout=5)  # generation down in Run: the same canned answer
+
+    assert deltas and len("".join(deltas)) < 30 * 4
+    assert (final.fallback, final.fallback_reason) == (True, pb.FALLBACK_REASON_BACKEND_UNAVAILABLE)
+    assert final.failed_stage == "generate" and final.replace_streamed
+    assert (final.answer, final.fallback_reason) == (unary.answer, unary.fallback_reason)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    labels = {"pipeline": "rag", "version": "1", "outcome": "fallback", "code": "OK"}
+    assert h.sample("ragrail_gateway_requests_total", labels) == 2
+
+
+async def test_a_missing_collection_is_failed_precondition_never_cached_and_shown_in_status(
+    gateways: GatewayFactory,
+) -> None:
+    h = await gateways(
+        [spec("rag"), spec("gone", retrieval={"collection": "gone"}, cache={"ttl_s": 300})],
+        stack=FakeStack(generation=FakeGeneration(ANSWER)),
+    )
+    stub = h.stub()
+    for _ in range(2):  # a cached answer would hide the error the second time
+        err = await rpc_error(stub.Run(run("gone"), timeout=5))
+        assert_clean_error(err, grpc.StatusCode.FAILED_PRECONDITION, "collection 'gone' does not exist", "ingest")
+    err = await rpc_error(stub.RunStream(pb.RunStreamRequest(pipeline="gone", query=QUERY), timeout=5).read())
+    assert_clean_error(err, grpc.StatusCode.FAILED_PRECONDITION, "collection 'gone' does not exist")
+    labels = {"pipeline": "gone", "version": "1", "outcome": "error", "code": "FAILED_PRECONDITION"}
+    assert h.sample("ragrail_gateway_requests_total", labels) == 3
+
+    status = await stub.Status(pb.StatusRequest(), timeout=5)
+    collections = {c.name: c for c in status.collections}
+    assert set(collections) == {COLLECTION, "gone"}
+    assert (collections[COLLECTION].state, collections[COLLECTION].points) == ("ready", 2)
+    assert list(collections[COLLECTION].pipelines) == ["rag@1"]
+    gone = collections["gone"]
+    assert (gone.state, gone.service, list(gone.pipelines)) == ("missing", "retrieval", ["gone@1"])
+    assert "collection 'gone' does not exist" in gone.detail
+
+    await h.stack.add_texts("gone", {"paris.md": "Paris is the capital of France."})
+    answered = await stub.Run(run("gone"), timeout=5)
+    assert (answered.answer, answered.fallback, answered.cached) == (ANSWER, False, False)
+    status = await stub.Status(pb.StatusRequest(), timeout=5)
+    assert {c.name: c.state for c in status.collections} == {COLLECTION: "ready", "gone": "ready"}
+
+
+async def test_status_says_unknown_when_retrieval_does_not_answer(gateways: GatewayFactory) -> None:
+    h = await gateways([spec("rag")])
+    h.stack.retrieval.faults.unavailable()
+    status = await h.stub().Status(pb.StatusRequest(), timeout=5)
+    [collection] = status.collections
+    assert (collection.name, collection.state) == (COLLECTION, "unknown")
+    assert collection.detail == "backend is down"
 
 
 # -- 8. deadlines --------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from ragrail.common.errors import CollectionMissing, Unavailable
 from ragrail.common.server import ServiceBinding
+from ragrail.gateway.clients import RetrievalClient
 from ragrail.retrieval.core import VectorStore
 from ragrail.retrieval.servicer import RetrievalServicer
 from ragrail.retrieval.v1 import retrieval_pb2 as pb
@@ -66,7 +68,8 @@ async def test_delete_collection_drops_it(retrieval: Any) -> None:
     assert_clean_error(info.value, grpc.StatusCode.NOT_FOUND, "collection dropme does not exist")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await retrieval.Search(pb.SearchRequest(collection="dropme", vector=[1.0, 0.0], top_k=1))
-    assert_clean_error(info.value, grpc.StatusCode.NOT_FOUND)
+    # The gateway's client tells a missing collection by this text (Serve's proxy says NOT_FOUND too).
+    assert_clean_error(info.value, grpc.StatusCode.NOT_FOUND, "collection dropme does not exist")
     # Re-created with another dimension: nothing of the old one is left.
     created = await retrieval.CreateCollection(pb.CreateCollectionRequest(collection="dropme", dimension=3))
     assert created.created
@@ -196,3 +199,47 @@ async def test_a_silent_qdrant_is_unavailable_within_the_timeout(
         assert time.monotonic() - start < 3
     finally:
         store.close()
+
+
+# -- the gateway's client ------------------------------------------------------------
+
+
+async def test_the_gateway_client_says_a_missing_collection_is_missing(
+    grpc_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    store = VectorStore(path=str(tmp_path_factory.mktemp("qdrant-client")), max_top_k=10)
+    try:
+        binding = ServiceBinding(RetrievalServicer(store), retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server, SERVICE)
+        client = RetrievalClient((await grpc_server([binding])).channel)
+        missing = "collection 'never-was' does not exist; ingest documents first"
+        with pytest.raises(CollectionMissing, match=missing):
+            await client.search("never-was", [1.0, 0.0], 1, -1.0, 5.0)
+        with pytest.raises(CollectionMissing, match=missing):
+            await client.count("never-was", 5.0)
+        assert await client.ensure_collection("now-is", 2, 5.0)
+        assert await client.search("now-is", [1.0, 0.0], 1, -1.0, 5.0) == []  # empty: a miss, no error
+        assert await client.count("now-is", 5.0) == 0
+    finally:
+        store.close()
+
+
+class NoSuchServeApp(retrieval_pb2_grpc.RetrievalServiceServicer):
+    """Answers as Ray Serve's gRPC proxy does for an application that is not deployed."""
+
+    async def _not_found(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND,
+            "Application 'retrieval' not found. Ping /ray.serve.RayServeAPIService/ListApplications "
+            "for available applications.",
+        )
+
+    Search = DescribeCollection = _not_found
+
+
+async def test_the_gateway_client_says_a_missing_serve_app_is_unavailable(grpc_server: Any) -> None:
+    binding = ServiceBinding(NoSuchServeApp(), retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server, SERVICE)
+    client = RetrievalClient((await grpc_server([binding])).channel)
+    with pytest.raises(Unavailable, match="unavailable"):
+        await client.search("documents", [1.0, 0.0], 1, -1.0, 5.0)
+    with pytest.raises(Unavailable, match="unavailable"):
+        await client.count("documents", 5.0)

@@ -117,7 +117,7 @@ def test_run_stream_streams_deltas_then_the_final_outcome(gateway_channel: grpc.
     finals = [e.final for e in events if e.WhichOneof("event") == "final"]
     assert len(finals) == 1 and events[-1].WhichOneof("event") == "final"
     final = finals[0]
-    assert len(deltas) > 1
+    assert deltas or final.fallback  # one per moderation window: a short answer is one delta
     if not final.fallback:
         assert "".join(deltas).strip() == final.answer
         assert final.usage.completion_tokens > 0

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragrail.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ragrail.common.errors import CollectionMissing, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ragrail.gateway.backends import (
     Backends,
     ChatTurn,
@@ -62,6 +62,10 @@ class Faults:
         self.hanging = 0  # calls waiting in a hang right now
         self.cancelled = 0  # hung calls that were cancelled (timeout, abandoned request)
         self._released = asyncio.Event()
+
+    def succeed(self, times: int) -> Faults:
+        """Behave on the next ``times`` calls: ``faults.succeed(2).unavailable()`` fails from the third."""
+        return self._script(None, times)
 
     def hang(self, times: int | None = None) -> Faults:
         """Hang on the next ``times`` calls, or on every call when None."""
@@ -224,7 +228,10 @@ class FakeRetrieval:
 
     async def count(self, collection: str, timeout: float) -> int:
         assert timeout > 0
-        return len(self._get(collection).points)
+        await self.faults.apply()
+        if collection not in self.collections:
+            raise CollectionMissing.named(collection)  # like the gRPC client
+        return len(self.collections[collection].points)
 
     async def search(
         self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
@@ -234,7 +241,7 @@ class FakeRetrieval:
         self.searches.append((collection, top_k, threshold))
         coll = self.collections.get(collection)
         if coll is None:
-            return []  # like the gRPC client: nothing ingested yet is a miss
+            raise CollectionMissing.named(collection)  # like the gRPC client
         self._check_dimension(coll, vector)
         scored = [(_cosine(vector, v), payload) for v, payload in coll.points.values()]
         hits = sorted((s for s in scored if s[0] >= threshold), key=lambda s: s[0], reverse=True)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import DeadlineExceeded, InvalidArgument
+from ragrail.common.errors import CollectionMissing, DeadlineExceeded, InvalidArgument
 from ragrail.gateway import pipeline as pipeline_module
 from ragrail.gateway.backends import ChatTurn, GenerationParams, Passage
 from ragrail.gateway.pipeline import (
@@ -31,7 +31,7 @@ from ragrail.gateway.pipeline import (
 )
 from ragrail.gateway.resilience import CircuitState
 from ragrail.gateway.specs import PipelineSpec
-from ragrail.gateway.stages import BackendUnavailable, StageRunner, StageTimeout
+from ragrail.gateway.stages import StageRunner
 from tests.unit.fakes import FakeClock, FakeEmbedding, FakeGeneration, FakeStack, fake_usage, make_runner
 
 COLLECTION = "docs"
@@ -123,7 +123,8 @@ async def test_fake_store_honours_top_k_and_threshold(stack: FakeStack) -> None:
     strict = await stack.retrieval.search(COLLECTION, vector, 10, everything[0].score, 1.0)
     assert [p.document_id for p in strict] == ["refunds.md"]
     assert await stack.retrieval.search(COLLECTION, vector, 10, 1.01, 1.0) == []
-    assert await stack.retrieval.search("missing", vector, 10, -1.0, 1.0) == []
+    with pytest.raises(CollectionMissing, match="collection 'missing' does not exist"):
+        await stack.retrieval.search("missing", vector, 10, -1.0, 1.0)  # as the gRPC client says it
 
 
 def test_build_pipeline_picks_the_engine_by_kind() -> None:
@@ -229,9 +230,29 @@ async def test_retrieval_miss_is_decided_by_the_threshold(stack: FakeStack) -> N
 
 async def test_empty_collection_is_a_miss() -> None:
     fakes = FakeStack()
+    await fakes.add_collection(COLLECTION)
     result = await make_pipeline(fakes).run(QUESTION, deadline())
     assert result.fallback_reason is FallbackReason.RETRIEVAL_MISS
     assert fakes.generation.calls == 0
+
+
+async def test_a_missing_collection_is_an_error_and_never_cached() -> None:
+    """Not "I don't have information": nothing can be found until documents are ingested."""
+    fakes = FakeStack(generation=FakeGeneration(ANSWER))
+    runner = make_runner(failure_threshold=1)
+    pipeline = make_pipeline(fakes, make_spec(**CACHED), runner)
+    for _ in range(2):
+        with pytest.raises(CollectionMissing, match=f"collection '{COLLECTION}' does not exist; ingest") as info:
+            await pipeline.run(QUESTION, deadline())
+        assert info.value.status.value == "FAILED_PRECONDITION"
+        with pytest.raises(CollectionMissing):
+            await collect(pipeline, QUESTION)
+    assert fakes.generation.calls == 0
+    assert runner.breaker("retrieval").state is CircuitState.CLOSED  # it answered: not an outage
+
+    await fakes.add_texts(COLLECTION, DOCS)
+    result = await pipeline.run(QUESTION, deadline())
+    assert result.answer == ANSWER and not result.cached
 
 
 async def test_flagged_output_is_refused_and_citations_cleared(stack: FakeStack) -> None:
@@ -500,12 +521,29 @@ async def test_sampling_params_and_seed_are_forwarded_identically_every_time(sta
 
 # --- streaming --------------------------------------------------------------------------
 
+WINDOW = {"moderation": {"stream_window_chars": 20}}  # a release every ~20 characters, 40 held back
+NO_OUTPUT_CHECK = {"moderation": {"output": False}}
 
-async def test_stream_yields_deltas_then_final_result(stack: FakeStack) -> None:
+
+async def collect_checked(
+    pipeline: Pipeline, stack: FakeStack, query: str = QUESTION, dl: Deadline | None = None
+) -> tuple[list[str], RunResult]:
+    """``collect``, asserting that every delta was inside a text output moderation passed
+    before the delta went out."""
+    deltas: list[str] = []
+    async for event in pipeline.run_stream(query, dl or deadline()):
+        if isinstance(event, RunResult):
+            return deltas, event
+        checked = [t for texts, categories in stack.moderation.calls if "pii" in categories for t in texts]
+        assert any(event in t for t in checked), f"{event!r} went out before moderation saw it"
+        deltas.append(event)
+    raise AssertionError("no final event")
+
+
+async def test_stream_yields_checked_text_then_final_result(stack: FakeStack) -> None:
     pipeline = make_pipeline(stack)
-    deltas, final = await collect(pipeline, QUESTION)
+    deltas, final = await collect_checked(pipeline, stack)
 
-    assert len(deltas) > 1
     assert "".join(deltas) == ANSWER
     assert final.answer == ANSWER
     assert final.fallback_reason is None and not final.replace_streamed
@@ -513,55 +551,105 @@ async def test_stream_yields_deltas_then_final_result(stack: FakeStack) -> None:
     assert set(final.timings) == set(pipeline.stages)
     assert stack.generation.calls == 1
     [record] = stack.generation.streams
-    assert record.finished and not record.closed and record.yielded == record.scripted == len(deltas)
+    assert record.finished and not record.closed and record.yielded == record.scripted
+    # A short answer is moderated exactly as Run moderates it: once, whole.
+    assert stack.moderation.calls[-1] == ((ANSWER,), ("toxicity", "pii"))
 
 
-async def test_stream_passes_scripted_deltas_through_unchanged(stack: FakeStack) -> None:
+async def test_a_long_stream_is_released_window_by_window(stack: FakeStack) -> None:
+    scripted = [f"w{i:02d} " for i in range(60)]  # 240 characters
+    stack.generation.stream_deltas = scripted
+    stack.generation.stream_delay_s = 0.001
+    events = make_pipeline(stack, make_spec(**WINDOW)).run_stream(QUESTION, deadline())
+    first = await anext(events)
+    [record] = stack.generation.streams
+    # Released once checked, not when the answer is done.
+    assert isinstance(first, str) and first.startswith("w00 ") and not record.finished
+    assert 20 <= len(first) <= 40 and record.yielded * 4 >= len(first) + 40  # 40 characters held back
+    rest = [e async for e in events]
+    deltas, final = [first, *rest[:-1]], rest[-1]
+    assert "".join(deltas) == "".join(scripted) and final.answer == "".join(scripted).strip()  # type: ignore[union-attr]
+    assert all(d.endswith(" ") for d in deltas), "windows end at a word boundary"
+    # The last window is checked alone (a classifier may read only a long text's head), with the whole.
+    tail, whole = stack.moderation.calls[-1][0]
+    assert tail.endswith(deltas[-1]) and whole == final.answer  # type: ignore[union-attr]
+
+
+async def test_without_output_moderation_tokens_go_out_as_they_come(stack: FakeStack) -> None:
     scripted = ["Re", "funds ", "up to ", "7 days", "."]
     stack.generation.stream_deltas = scripted
     stack.generation.stream_delay_s = 0.01
-    deltas, final = await collect(make_pipeline(stack), QUESTION)
+    deltas, final = await collect(make_pipeline(stack, make_spec(**NO_OUTPUT_CHECK)), QUESTION)
     assert deltas == scripted
     assert final.answer == "Refunds up to 7 days."
 
 
-async def test_stream_with_flagged_output_ends_with_refusal(stack: FakeStack) -> None:
+async def test_a_flagged_short_answer_is_never_released(stack: FakeStack) -> None:
     stack.generation.answer = "You toxicword, read the refund policy."
-    deltas, final = await collect(make_pipeline(stack), QUESTION)
+    deltas, final = await collect_checked(make_pipeline(stack), stack)
 
-    assert "".join(deltas) == stack.generation.answer  # already sent; the final replaces them
+    assert deltas == []
     assert final.answer == FALLBACKS["output_flagged"]
     assert final.fallback_reason is FallbackReason.OUTPUT_FLAGGED
-    assert final.replace_streamed
+    assert final.failed_stage == "moderate_output"
+    assert not final.replace_streamed  # nothing was shown
     assert final.citations == []
 
 
-async def test_a_flagged_window_stops_the_stream_early(stack: FakeStack) -> None:
-    spec = make_spec(moderation={"stream_window_chars": 20})
-    scripted = ["word "] * 30
-    scripted[8] = "toxicword "
+async def test_a_flagged_window_stops_the_stream_before_any_of_it_goes_out(stack: FakeStack) -> None:
+    scripted = ["word "] * 40
+    scripted[20] = "toxicword "
     stack.generation.stream_deltas = scripted
-    deltas, final = await collect(make_pipeline(stack, spec), QUESTION)
+    deltas, final = await collect_checked(make_pipeline(stack, make_spec(**WINDOW)), stack)
 
     assert final.fallback_reason is FallbackReason.OUTPUT_FLAGGED
     assert final.failed_stage == "moderate_output"
     assert final.answer == FALLBACKS["output_flagged"]
-    assert final.replace_streamed
+    assert final.replace_streamed, "earlier windows went out: the client must replace them"
     assert final.citations == []
-    assert "toxicword " in deltas
-    assert len(deltas) < len(scripted), "generation must stop at the flagged window"
+    assert deltas and "toxi" not in "".join(deltas)
+    [record] = stack.generation.streams
+    assert record.closed and not record.finished, "generation must stop at the flagged window"
+
+
+@pytest.mark.parametrize("offset", range(0, 25, 3))
+async def test_text_cut_at_a_window_edge_is_seen_whole_before_any_of_it_goes_out(
+    stack: FakeStack, offset: int
+) -> None:
+    card = "4111 1111 1111 1111"
+    stack.moderation.flag(card, "pii")
+    stack.generation.stream_deltas = ["a" * offset + " ", *(["word "] * 12), *re.findall(r"\S+\s*", card + " end")]
+    deltas, final = await collect_checked(make_pipeline(stack, make_spec(**WINDOW)), stack)
+    assert final.fallback_reason is FallbackReason.OUTPUT_FLAGGED
+    assert final.moderation_flags == ["pii"]
+    assert "4111" not in "".join(deltas)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("unavailable", FallbackReason.BACKEND_UNAVAILABLE), ("hang", FallbackReason.STAGE_TIMEOUT)],
+)
+async def test_output_moderation_failing_mid_stream_fails_closed(
+    stack: FakeStack, fault: str, reason: FallbackReason
+) -> None:
+    stack.generation.stream_deltas = [f"w{i:02d} " for i in range(60)]
+    getattr(stack.moderation.faults.succeed(2), fault)()  # the query, then the first window pass
+    spec = make_spec(moderation={"stream_window_chars": 20, "timeout_s": 0.2})
+    deltas, final = await collect_checked(make_pipeline(stack, spec), stack)
+
+    assert final.fallback_reason is reason
+    assert final.failed_stage == "moderate_output"
+    assert final.answer == FALLBACKS[reason.value]
+    assert final.replace_streamed and len(deltas) == 1  # the first window passed; nothing after it went out
     [record] = stack.generation.streams
     assert record.closed and not record.finished
-    assert record.yielded == len(deltas) < record.scripted
 
 
-async def test_windows_overlap_so_a_word_cut_at_the_edge_is_seen(stack: FakeStack) -> None:
-    spec = make_spec(moderation={"stream_window_chars": 20})
-    # "toxicword" is split across two deltas and straddles the first window's edge.
-    stack.generation.stream_deltas = ["a" * 15 + " toxi", "cword ", *(["word "] * 20)]
-    deltas, final = await collect(make_pipeline(stack, spec), QUESTION)
-    assert final.fallback_reason is FallbackReason.OUTPUT_FLAGGED
-    assert len(deltas) < 22
+@pytest.mark.parametrize("fault", ["unavailable", "hang"])
+async def test_output_moderation_failing_in_run_fails_closed_too(stack: FakeStack, fault: str) -> None:
+    getattr(stack.moderation.faults.succeed(1), fault)()
+    result = await make_pipeline(stack, make_spec(moderation={"timeout_s": 0.2})).run(QUESTION, deadline())
+    assert result.fallback and result.failed_stage == "moderate_output" and result.answer != ANSWER
 
 
 @pytest.mark.parametrize(
@@ -602,25 +690,33 @@ async def test_generation_failure_before_the_first_token_gives_a_canned_final(
     assert time.monotonic() - start <= 0.2 + 0.3
 
 
-async def test_stream_failure_after_the_first_token_raises(stack: FakeStack) -> None:
+async def test_a_generation_failure_mid_stream_gives_the_canned_final_run_gives(stack: FakeStack) -> None:
+    stack.generation.stream_deltas = [f"w{i:02d} " for i in range(60)]
+    stack.generation.stream_fail_after = 30
+    deltas, final = await collect_checked(make_pipeline(stack, make_spec(**WINDOW)), stack)
+
+    assert final.fallback_reason is FallbackReason.BACKEND_UNAVAILABLE
+    assert final.failed_stage == "generate"
+    assert final.answer == FALLBACKS["backend_unavailable"]
+    assert final.replace_streamed and deltas
+    assert len("".join(deltas)) <= 30 * 4 - 40, "held-back text must not go out after a failure"
+
+
+async def test_a_generation_failure_mid_stream_replaces_text_sent_unmoderated(stack: FakeStack) -> None:
     stack.generation.stream_fail_after = 3
-    seen: list[str] = []
-    with pytest.raises(BackendUnavailable):
-        async for event in make_pipeline(stack).run_stream(QUESTION, deadline()):
-            assert isinstance(event, str), "no final event after a mid-stream failure"
-            seen.append(event)
-    assert len(seen) == 3
+    deltas, final = await collect(make_pipeline(stack, make_spec(**NO_OUTPUT_CHECK)), QUESTION)
+    assert len(deltas) == 3
+    assert final.fallback_reason is FallbackReason.BACKEND_UNAVAILABLE and final.replace_streamed
 
 
 async def test_a_stream_that_stalls_after_the_first_token_ends_at_the_deadline(stack: FakeStack) -> None:
     stack.generation.stream_stall_after = 1
-    seen: list[str] = []
     start = time.monotonic()
     async with asyncio.timeout(5):  # a failing test must not hang the suite
-        with pytest.raises(StageTimeout):
-            async for event in make_pipeline(stack).run_stream(QUESTION, deadline(0.5)):
-                seen.append(event)  # type: ignore[arg-type]
-    assert len(seen) == 1
+        deltas, final = await collect(make_pipeline(stack), QUESTION, deadline(0.5))
+    assert deltas == []  # the one token was held back, unchecked
+    assert final.fallback_reason is FallbackReason.STAGE_TIMEOUT and final.failed_stage == "generate"
+    assert not final.replace_streamed
     assert time.monotonic() - start <= 0.5 + 0.3
     [record] = stack.generation.streams
     assert record.cancelled or record.closed
@@ -635,8 +731,9 @@ async def test_a_stream_stall_counts_against_the_backend_only_when_the_caller_di
         with pytest.raises(DeadlineExceeded):  # the caller's deadline: its choice, no verdict
             await collect(make_pipeline(stack, runner=runner), QUESTION, Deadline(0.3, caller_bound=True))
         assert runner.breaker("generation").state is CircuitState.CLOSED
-        with pytest.raises(StageTimeout):  # our own budget: the backend stalled
-            await collect(make_pipeline(stack, runner=runner), QUESTION, deadline(0.3))
+        # Our own budget: the backend stalled.
+        _, final = await collect(make_pipeline(stack, runner=runner), QUESTION, deadline(0.3))
+    assert final.fallback_reason is FallbackReason.STAGE_TIMEOUT
     assert runner.breaker("generation").state is CircuitState.OPEN
 
 
@@ -685,9 +782,9 @@ async def test_a_stream_with_no_time_left_does_not_take_the_half_open_probe(stac
 
 async def test_abandoning_the_stream_closes_the_backend_stream(stack: FakeStack) -> None:
     stack.generation.stream_deltas = [f"t{i} " for i in range(50)]
-    events = make_pipeline(stack).run_stream(QUESTION, deadline())
+    events = make_pipeline(stack, make_spec(**WINDOW)).run_stream(QUESTION, deadline())
     first = await anext(events)
-    assert first == "t0 "
+    assert isinstance(first, str) and first.startswith("t0 ")
 
     await events.aclose()  # the client went away
 
@@ -703,7 +800,7 @@ async def test_cancelling_the_consumer_cancels_the_backend_stream(stack: FakeSta
     two = asyncio.Event()
 
     async def consume() -> None:
-        async for event in make_pipeline(stack).run_stream(QUESTION, deadline()):
+        async for event in make_pipeline(stack, make_spec(**WINDOW)).run_stream(QUESTION, deadline()):
             received.append(event)  # type: ignore[arg-type]
             if len(received) == 2:
                 two.set()

@@ -330,9 +330,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print()
         if final is None:
             return 1
-        if final.replace_streamed:  # output moderation retracted what was shown
+        if final.replace_streamed:  # a canned answer (flagged, or a failure) replaces what was shown
             print(f"[replaced] {final.answer}")
-        elif final.fallback:  # canned before any token was streamed
+        elif final.fallback:  # canned before any text was released
             print(final.answer)
         _print_details(final)
         return 0
@@ -391,9 +391,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for s in r.services:
             replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.replicas.items()))
             print(f"  {s.name}: {s.status}" + (f"  [replicas: {replicas}]" if replicas else ""))
+    if r.collections:
+        print("collections:")
+        for c in r.collections:
+            state = f"{c.points} points" if c.state == "ready" else c.state
+            detail = f": {c.detail}" if c.detail else ""
+            print(f"  {c.name} ({c.service}): {state}{detail}  [{', '.join(c.pipelines)}]")
     if r.last_reload_error:
         print(f"last pipeline reload rejected: {r.last_reload_error}")
-    healthy = all(c.state == "closed" for c in r.circuits) and all(s.status == "RUNNING" for s in r.services)
+    healthy = (
+        all(c.state == "closed" for c in r.circuits)
+        and all(s.status == "RUNNING" for s in r.services)
+        and all(c.state in ("ready", "empty") for c in r.collections)
+    )
     return 0 if healthy else 3
 
 

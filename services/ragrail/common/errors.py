@@ -47,6 +47,21 @@ class FailedPrecondition(RagrailError):
     status = Status.FAILED_PRECONDITION
 
 
+class CollectionMissing(FailedPrecondition):
+    """A retrieval collection that does not exist (never ingested into, or deleted).
+
+    Not a miss: "no information" would be untrue, and a cached copy would outlive the fix.
+    """
+
+    def __init__(self, message: str, collection: str = "") -> None:
+        super().__init__(message)
+        self.collection = collection
+
+    @classmethod
+    def named(cls, collection: str) -> CollectionMissing:
+        return cls(f"collection {collection!r} does not exist; ingest documents first", collection)
+
+
 class ResourceExhausted(RagrailError):
     """Too much load; ``retry_after_s`` tells the caller when to come back."""
 

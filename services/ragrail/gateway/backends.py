@@ -81,6 +81,8 @@ class EmbeddingBackend(Protocol):
 
 
 class RetrievalBackend(Protocol):
+    """``count`` and ``search`` raise CollectionMissing when the collection does not exist."""
+
     async def ensure_collection(self, collection: str, dimension: int, timeout: float) -> bool: ...
 
     async def count(self, collection: str, timeout: float) -> int: ...

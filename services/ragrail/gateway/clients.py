@@ -14,6 +14,7 @@ import grpc
 
 from ragrail.common import tracing
 from ragrail.common.errors import (
+    CollectionMissing,
     DeadlineExceeded,
     InvalidArgument,
     RagrailError,
@@ -140,8 +141,22 @@ class RetrievalClient(_Client):
 
     async def count(self, collection: str, timeout: float) -> int:
         request = retrieval_pb2.DescribeCollectionRequest(collection=collection)
-        response = await self._call(self.stub.DescribeCollection, request, timeout)
+        response = await self._read(self.stub.DescribeCollection, request, timeout, collection)
         return int(response.points_count)  # type: ignore[attr-defined]
+
+    async def _read(self, method: object, request: object, timeout: float, collection: str) -> object:
+        """``_call``, except that a missing collection raises CollectionMissing.
+
+        The retrieval service says NOT_FOUND "collection … does not exist"; Serve's proxy
+        says NOT_FOUND too, for a missing application, and that is an outage, not a
+        missing collection.
+        """
+        try:
+            return await method(request, timeout=timeout, metadata=_metadata(self.application))  # type: ignore[operator]
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND and "does not exist" in (error.details() or ""):
+                raise CollectionMissing.named(collection) from None
+            raise map_rpc_error(self.application, error) from None
 
     async def search(
         self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
@@ -153,14 +168,9 @@ class RetrievalClient(_Client):
             score_threshold=threshold,
             payload_fields=["document_id", "text", "chunk_index"],
         )
-        try:
-            response = await self.stub.Search(request, timeout=timeout, metadata=_metadata(self.application))
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return []  # nothing ingested yet: a miss, not an outage
-            raise map_rpc_error(self.application, error) from None
+        response = await self._read(self.stub.Search, request, timeout, collection)
         passages = []
-        for point in response.points:
+        for point in response.points:  # type: ignore[attr-defined]
             payload = struct_to_dict(point.payload)
             passages.append(
                 Passage(

@@ -37,6 +37,10 @@ from ragrail.gateway.stages import (
 T = TypeVar("T")
 INPUT_CATEGORIES = ("toxicity", "prompt_injection")
 OUTPUT_CATEGORIES = ("toxicity", "pii")  # an answer must not leak personal data
+# RunStream checks each window with this much text either side and holds it back on the
+# right: longer than a card or phone number, so one cut at an edge is seen whole before
+# any of it is released.
+STREAM_HOLD_CHARS = 40
 
 
 class FallbackReason(enum.Enum):
@@ -110,6 +114,11 @@ class Pipeline:
     @property
     def stages(self) -> tuple[str, ...]:
         raise NotImplementedError
+
+    @property
+    def collection(self) -> str | None:
+        """The retrieval collection it searches, if any."""
+        return None
 
     def validate(self, text: str) -> str:
         text = text.strip()
@@ -187,19 +196,21 @@ class Pipeline:
         return generated.text
 
     async def _moderate(
-        self, result: RunResult, stage: str, text: str, categories: tuple[str, ...], deadline: Deadline
+        self, result: RunResult, stage: str, texts: list[str], categories: tuple[str, ...], deadline: Deadline
     ) -> None:
-        [verdict] = await self._stage(
+        """Raises Fallback when any of ``texts`` is flagged (one call for all of them)."""
+        verdicts = await self._stage(
             result,
             stage,
             "moderation",
             self.spec.moderation,
-            lambda t: self.backends.moderation.moderate([text], categories, t),
+            lambda t: self.backends.moderation.moderate(texts, categories, t),
             deadline,
         )
-        if verdict.flagged:
+        flags = tuple(dict.fromkeys(c for v in verdicts if v.flagged for c in v.categories))
+        if any(v.flagged for v in verdicts):
             reason = FallbackReason.INPUT_FLAGGED if stage == "moderate_input" else FallbackReason.OUTPUT_FLAGGED
-            raise Fallback(reason, stage, verdict.categories)
+            raise Fallback(reason, stage, flags)
 
     def _canned(self, result: RunResult, fb: Fallback) -> RunResult:
         result.fallback_reason = fb.reason
@@ -226,6 +237,10 @@ class RagPipeline(Pipeline):
     def stages(self) -> tuple[str, ...]:
         return ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
 
+    @property
+    def collection(self) -> str | None:
+        return self.spec.retrieval.collection
+
     async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
         messages = await self._prepare(query, deadline, result)
         gen = self.spec.generation
@@ -234,7 +249,7 @@ class RagPipeline(Pipeline):
 
     async def _prepare(self, query: str, deadline: Deadline, result: RunResult) -> list[ChatTurn]:
         if self.spec.moderation.input:
-            await self._moderate(result, "moderate_input", query, INPUT_CATEGORIES, deadline)
+            await self._moderate(result, "moderate_input", [query], INPUT_CATEGORIES, deadline)
         [vector] = await self._stage(
             result, "embed", "embedding", self.spec.embedding,
             lambda t: self.backends.embedding.embed([query], t), deadline,
@@ -250,18 +265,23 @@ class RagPipeline(Pipeline):
         result.citations = passages
         return build_prompt(self.spec.generation.system_prompt, query, passages, self.tag_key)
 
-    async def _finish(self, answer: str, deadline: Deadline, result: RunResult) -> None:
+    async def _finish(self, answer: str, deadline: Deadline, result: RunResult, tail: str = "") -> None:
+        """Moderates the whole answer (and ``tail``, its unreleased end, in the same call)."""
         answer = answer.strip()
         if answer and self.spec.moderation.output:
-            await self._moderate(result, "moderate_output", answer, OUTPUT_CATEGORIES, deadline)
+            # A classifier may read only the head of a long text: the tail is checked on its own.
+            texts = [tail, answer] if tail.strip() else [answer]
+            await self._moderate(result, "moderate_output", texts, OUTPUT_CATEGORIES, deadline)
         result.answer = answer
 
     async def run_stream(self, query: str, deadline: Deadline) -> AsyncIterator[str | RunResult]:
-        """Streams tokens; output moderation runs on windows of the stream.
+        """Streams the answer in windows that have passed output moderation.
 
-        A canned answer replaces the stream only before its first token, except
-        when a window is flagged: then the final event says to replace what was
-        shown. A backend failure after the first token ends the stream with an error.
+        Generated text is held back until its window is checked, so a client never
+        receives a character moderation has not seen (with output moderation off,
+        tokens go out as they come). A flagged window, or a stage failure after text
+        went out, ends the stream with the canned final event ``Run`` would give,
+        with ``replace_streamed`` set when text was released.
         """
         query = self.validate(query)
         result = self._new_result()
@@ -273,27 +293,48 @@ class RagPipeline(Pipeline):
         except StageFailure as failure:
             yield self._canned(result, Fallback.of(failure))
             return
-        parts: list[str] = []
+        check = self.spec.moderation.output
+        window = self.spec.moderation.stream_window_chars
+        released = ""  # sent to the client
+        pending = ""  # generated, not yet checked and sent
         try:
             # aclosing: a consumer that stops early closes the backend stream now, not at GC.
-            async with aclosing(self._stream_tokens(messages, deadline, result, parts)) as tokens:
+            async with aclosing(self._stream_tokens(messages, deadline, result)) as tokens:
                 async for delta in tokens:
-                    yield delta
-            await self._finish("".join(parts), deadline, result)
-        except Fallback as fb:  # a flagged window, or a failure before the first token
+                    if not check:
+                        released += delta
+                        yield delta
+                        continue
+                    pending += delta
+                    if len(pending) < window + STREAM_HOLD_CHARS:
+                        continue
+                    # Check the window with the released text before it and the held text after
+                    # it, then release the window only: text cut at either edge is seen whole.
+                    cut = _release_point(pending, STREAM_HOLD_CHARS)
+                    await self._moderate(
+                        result, "moderate_output", [released[-STREAM_HOLD_CHARS:] + pending],
+                        OUTPUT_CATEGORIES, deadline,
+                    )
+                    chunk, pending = pending[:cut], pending[cut:]
+                    released += chunk
+                    yield chunk
+            tail = released[-STREAM_HOLD_CHARS:] + pending if released and pending.strip() else ""
+            await self._finish(released + pending, deadline, result, tail)
+        except Fallback as fb:  # flagged text
             self._canned(result, fb)
-            result.replace_streamed = bool(parts)
-        except StageFailure as failure:
-            if parts:
-                raise
+            result.replace_streamed = bool(released)
+        except StageFailure as failure:  # generation or moderation failed: fail closed, as Run does
             self._canned(result, Fallback.of(failure))
+            result.replace_streamed = bool(released)
+        else:
+            if pending:
+                yield pending
         yield result
 
     async def _stream_tokens(
-        self, messages: list[ChatTurn], deadline: Deadline, result: RunResult, parts: list[str]
+        self, messages: list[ChatTurn], deadline: Deadline, result: RunResult
     ) -> AsyncIterator[str]:
         gen_spec = self.spec.generation
-        window = self.spec.moderation.stream_window_chars
         backend = self.backends.names["generation"]
         breaker = self.runner.breaker(backend)
         # The timeout first: a stream with no time left must not take the half-open probe.
@@ -303,7 +344,7 @@ class RagPipeline(Pipeline):
         stream = self.backends.generation.generate_stream(
             messages, generation_params(gen_spec), deadline.timeout("generate")
         )
-        checked = 0
+        started = False
         start = time.perf_counter()
         span = tracing.start_stage_span("generate", backend)
         try:
@@ -314,15 +355,8 @@ class RagPipeline(Pipeline):
                 if isinstance(delta, TokenUsage):  # the stream's last item
                     result.usage += delta
                 else:
-                    parts.append(delta)
+                    started = True
                     yield delta
-                    text = "".join(parts)
-                    if self.spec.moderation.output and len(text) - checked >= window:
-                        # Overlap the previous window so a word cut at its edge is still seen.
-                        await self._moderate(
-                            result, "moderate_output", text[max(0, checked - 40) :], OUTPUT_CATEGORIES, deadline
-                        )
-                        checked = len(text)
                 # After the first token only the deadline bounds the stream; a stalled one ends there.
                 async with asyncio.timeout(deadline.timeout("generate")):
                     delta = await anext(stream, None)
@@ -330,7 +364,7 @@ class RagPipeline(Pipeline):
         except BaseException as exc:
             # Before the first token the stage's timeout applies; after it only the deadline,
             # which says something about the backend unless the caller chose it.
-            cut_short = first_token_s < gen_spec.timeout_s if not parts else deadline.caller_bound
+            cut_short = first_token_s < gen_spec.timeout_s if not started else deadline.caller_bound
             failure = self.runner.settle(
                 "generate", backend, exc, deadline, "the stream did not finish in time", cut_short=cut_short
             )
@@ -343,6 +377,16 @@ class RagPipeline(Pipeline):
             tracing.end_stage_span(span, sys.exc_info()[1])
 
 
+def _release_point(pending: str, hold: int) -> int:
+    """Where to cut ``pending`` so at least ``hold`` characters stay held: after the last
+    whitespace before that, else (one very long word) right there."""
+    limit = len(pending) - hold
+    for i in range(limit - 1, 0, -1):
+        if pending[i].isspace():
+            return i + 1
+    return limit
+
+
 class SummarizeSentimentPipeline(Pipeline):
     @property
     def stages(self) -> tuple[str, ...]:
@@ -350,7 +394,7 @@ class SummarizeSentimentPipeline(Pipeline):
 
     async def _run(self, text: str, deadline: Deadline, result: RunResult) -> None:
         if self.spec.moderation.input:
-            await self._moderate(result, "moderate_input", text, INPUT_CATEGORIES, deadline)
+            await self._moderate(result, "moderate_input", [text], INPUT_CATEGORIES, deadline)
         gen = self.spec.generation
         summary = await self._generate(
             result, "summarize", gen,

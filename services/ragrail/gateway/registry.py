@@ -7,14 +7,16 @@ running versions keep serving.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from ragrail.common.errors import NotFound, require
+from ragrail.common.errors import CollectionMissing, NotFound, RagrailError, require
 from ragrail.gateway.admission import Admission
 from ragrail.gateway.backends import Backends
 from ragrail.gateway.pipeline import Pipeline, build_pipeline
@@ -71,6 +73,45 @@ class PipelineRegistry:
         if not split:
             return self._highest[name]
         return self._by_key[(name, pick_version(split, name, caller_key))]
+
+
+@dataclass(frozen=True)
+class CollectionState:
+    """One collection the pipelines search, as the retrieval service reports it."""
+
+    service: str  # the retrieval backend's name (Serve application)
+    name: str
+    pipelines: tuple[str, ...]  # "rag@1", ...
+    state: str  # ready | empty | missing | unknown
+    points: int = 0
+    detail: str = ""
+
+
+async def collection_states(registry: PipelineRegistry, timeout_s: float) -> list[CollectionState]:
+    """Asks the retrieval service now about every collection a pipeline searches.
+
+    Asked, not remembered from past queries: every replica gives the same answer, and
+    one that was ingested into since shows as ready at once.
+    """
+    groups: dict[tuple[str, str], list[Pipeline]] = {}
+    for p in registry.all():
+        if p.collection is not None:
+            groups.setdefault((p.backends.names["retrieval"], p.collection), []).append(p)
+
+    async def check(service: str, name: str, pipelines: list[Pipeline]) -> CollectionState:
+        refs = tuple(f"{p.name}@{p.version}" for p in pipelines)
+        try:
+            async with asyncio.timeout(timeout_s):  # also bounds a backend that ignores its deadline
+                points = await pipelines[0].backends.retrieval.count(name, timeout_s)
+        except CollectionMissing as exc:
+            return CollectionState(service, name, refs, "missing", detail=exc.message)
+        except RagrailError as exc:
+            return CollectionState(service, name, refs, "unknown", detail=exc.message)
+        except TimeoutError:
+            return CollectionState(service, name, refs, "unknown", detail=f"no answer within {timeout_s:.1f} s")
+        return CollectionState(service, name, refs, "ready" if points else "empty", points)
+
+    return list(await asyncio.gather(*(check(s, n, ps) for (s, n), ps in sorted(groups.items()))))
 
 
 def pick_version(split: Mapping[int, int], name: str, caller_key: str) -> int:

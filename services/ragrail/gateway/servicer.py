@@ -22,7 +22,7 @@ from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.ingestion import IngestDocument, Ingestor
 from ragrail.gateway.metrics import GatewayMetrics
 from ragrail.gateway.pipeline import FallbackReason, Pipeline, RunResult
-from ragrail.gateway.registry import PipelineRegistry
+from ragrail.gateway.registry import PipelineRegistry, collection_states
 from ragrail.gateway.stages import StageRunner
 from ragrail.gateway.v1 import gateway_pb2 as pb
 from ragrail.gateway.v1 import gateway_pb2_grpc
@@ -33,6 +33,7 @@ _REASONS = {None: pb.FALLBACK_REASON_UNSPECIFIED} | {
     reason: pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.name}") for reason in FallbackReason
 }
 INGEST_BUDGET_S = 600.0
+STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
 RECENT_REQUESTS = 10_000  # request id -> pipeline@version, for Feedback
 
 
@@ -181,6 +182,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.auth.authenticate(_metadata(grpc_context))
         registry = self.state.registry
         services = self.state.service_statuses() if self.state.service_statuses else {}
+        check = Deadline.within(STATUS_CHECK_S, _time_remaining(grpc_context))
+        collections = await collection_states(registry, max(0.01, check.remaining()))
         return pb.StatusResponse(
             pipelines=[pipeline_info(registry, p) for p in registry.all()],
             routes=[pb.Route(name=n, weights=w) for n, w in sorted(registry.routes.items())],
@@ -192,6 +195,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 pb.ServiceInfo(name=n, status=s.status, replicas=s.replicas) for n, s in sorted(services.items())
             ],
             last_reload_error=self.state.last_reload_error(),
+            collections=[
+                pb.CollectionInfo(
+                    service=c.service, name=c.name, state=c.state, points=c.points,
+                    pipelines=list(c.pipelines), detail=c.detail,
+                )
+                for c in collections
+            ],
         )
 
     def _observe(self, pipeline: Pipeline, method: str) -> _Observation:

@@ -220,6 +220,22 @@ class ServiceInfo(_message.Message):
     replicas: _containers.ScalarMap[str, int]
     def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., replicas: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
+class CollectionInfo(_message.Message):
+    __slots__ = ("service", "name", "state", "points", "pipelines", "detail")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    name: str
+    state: str
+    points: int
+    pipelines: _containers.RepeatedScalarFieldContainer[str]
+    detail: str
+    def __init__(self, service: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., points: _Optional[int] = ..., pipelines: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class Route(_message.Message):
     __slots__ = ("name", "weights")
     class WeightsEntry(_message.Message):
@@ -236,15 +252,17 @@ class Route(_message.Message):
     def __init__(self, name: _Optional[str] = ..., weights: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("pipelines", "routes", "circuits", "services", "last_reload_error")
+    __slots__ = ("pipelines", "routes", "circuits", "services", "last_reload_error", "collections")
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     CIRCUITS_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
     services: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
     last_reload_error: str
-    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., last_reload_error: _Optional[str] = ...) -> None: ...
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., last_reload_error: _Optional[str] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...

@@ -107,7 +107,7 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Reports pipelines, traffic splits, circuit breakers and service status.
+        """Reports pipelines, traffic splits, circuit breakers, service status and collections.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
