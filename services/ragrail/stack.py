@@ -7,6 +7,7 @@ what a RayService's serveConfigV2 points at in Kubernetes.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import os
 import random
@@ -36,6 +37,14 @@ SERVICER_FUNCTIONS = [
 REPLICA_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # Serve's fast path (serve.fast_path): set on every node before Ray starts.
 FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# A loopback-only Ray node (serve.host on loopback). On Linux, Ray gives every process it starts
+# (GCS, raylet, dashboard and runtime-env agents, the metrics endpoint, each worker's gRPC server)
+# the node's routable address, and most of them then bind all interfaces; passing 127.0.0.1 to
+# ray.init is no help, it is "resolved" to that address. This switch is what makes Ray 2.60 keep
+# a node on loopback (its purpose: single-machine Ray on macOS and Windows,
+# ray/_private/services.py get_node_ip_address). Read when ray is first imported, and inherited
+# by every process Ray starts.
+LOOPBACK_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def app_import_path(service: str) -> str:
@@ -57,14 +66,18 @@ class LocalStack:
     extra_dirs: list[Path] = field(default_factory=list)
 
     def start(self, timeout_s: float | None = None) -> None:
+        s = self.settings.serve
+        loopback = is_loopback(s.host)
+        os.environ.update(REPLICA_ENV)
+        if loopback:
+            os.environ.update(LOOPBACK_NODE_ENV)  # before ray is imported
+        if s.fast_path:
+            os.environ.update(self.fast_path_env())
+
         import ray
         from ray import serve
         from ray.serve.config import HTTPOptions, gRPCOptions
 
-        s = self.settings.serve
-        os.environ.update(REPLICA_ENV)
-        if s.fast_path:
-            os.environ.update(self.fast_path_env())
         ray.init(
             address="local",  # never join someone else's cluster
             num_cpus=s.num_cpus,
@@ -77,7 +90,11 @@ class LocalStack:
             configure_logging=True,
         )
         self.started = True
+        if loopback:
+            self._check_node_on_loopback()
         serve.start(
+            # HAProxy's HTTP and gRPC frontends, replicas' direct-ingress HTTP servers and the
+            # fallback proxy's HTTP port all bind this host (gRPCOptions has no host of its own).
             http_options=HTTPOptions(host=s.host, port=s.http_port),
             grpc_options=gRPCOptions(
                 port=s.grpc_port,
@@ -88,6 +105,18 @@ class LocalStack:
         )
         self.deploy()
         self.wait_until_running(timeout_s or s.startup_timeout_s)
+
+    def _check_node_on_loopback(self) -> None:
+        """Ray read LOOPBACK_NODE_ENV only if it was imported after it was set: say so, never expose."""
+        import ray
+
+        node_ip = ray.util.get_node_ip_address()
+        if not is_loopback(node_ip):
+            self.stop()
+            raise FailedPrecondition(
+                f"serve.host is {self.settings.serve.host} but Ray's node address is {node_ip}: ray was "
+                "imported before the local stack started, so it did not see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+            )
 
     def fast_path_env(self) -> dict[str, str]:
         """Serve's fast path, with this stack's own HAProxy files and free loopback ports,
@@ -198,6 +227,18 @@ def service_statuses() -> dict[str, ServiceState]:
         ]
         out[name] = ServiceState(f"{_value(app.status)} ({'; '.join(details) or _first_line(app.message)})", replicas)
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.0.0.1) or localhost."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ Qdrant server cannot be reached or does not answer.
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -89,7 +90,7 @@ async def test_deleting_a_badly_named_collection_is_invalid(retrieval: Any) -> N
     assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, "invalid collection name")
 
 
-async def test_index_fields_are_accepted_and_embedded_keeps_none(retrieval: Any) -> None:
+async def test_index_fields_are_kept_by_the_embedded_engine(retrieval: Any) -> None:
     request = pb.CreateCollectionRequest(
         collection="indexed",
         dimension=2,
@@ -99,7 +100,8 @@ async def test_index_fields_are_accepted_and_embedded_keeps_none(retrieval: Any)
     )
     assert (await retrieval.CreateCollection(request)).created
     described = await retrieval.DescribeCollection(pb.DescribeCollectionRequest(collection="indexed"))
-    assert dict(described.payload_indexes) == {}  # embedded Qdrant has no payload indexes
+    # The embedded engine keeps payload indexes as a server does (local mode would keep none).
+    assert dict(described.payload_indexes) == {"document_id": "keyword", "chunk_index": "integer", "price": "float"}
     # The gateway's stale-chunk delete: keyword and integer range together.
     points = [
         pb.Point(id=uid(i), vector=[1.0, float(i)], payload={"document_id": "d", "chunk_index": i}) for i in range(4)
@@ -127,6 +129,22 @@ async def test_a_field_asked_as_two_index_types_is_invalid(retrieval: Any) -> No
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await retrieval.CreateCollection(request)
     assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, "indexed as both keyword and integer")
+
+
+@pytest.mark.parametrize("number", [math.inf, -math.inf, math.nan])
+async def test_a_payload_number_json_cannot_hold_is_invalid(retrieval: Any, number: float) -> None:
+    # Found by tests/contract/test_fuzz.py: json_format raised ValueError, answered INTERNAL.
+    await retrieval.CreateCollection(pb.CreateCollectionRequest(collection="nonfinite", dimension=2))
+    point = pb.Point(id=uid(1), vector=[1.0, 0.0], payload={"doc": {"scores": [1.0, number]}})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await retrieval.Upsert(pb.UpsertRequest(collection="nonfinite", points=[point]))
+    assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, "payload.doc.scores[1]", "must be finite")
+    # Integral numbers still come back as ints, and a Value with no kind is null.
+    point = pb.Point(id=uid(2), vector=[1.0, 0.0], payload={"n": 3.0, "x": 2.5})
+    point.payload.fields["empty"].Clear()
+    assert (await retrieval.Upsert(pb.UpsertRequest(collection="nonfinite", points=[point]))).upserted == 1
+    hits = await retrieval.Search(pb.SearchRequest(collection="nonfinite", vector=[1.0, 0.0], top_k=1))
+    assert dict(hits.points[0].payload) == {"n": 3, "x": 2.5, "empty": None}
 
 
 # -- Qdrant not there ----------------------------------------------------------------

@@ -25,6 +25,7 @@ import yaml
 
 READY = re.compile(r"ragrail ready: gateway on (\S+):(\d+)")
 LOGS = re.compile(r"logs: (\S+)\)")
+HAPROXY_DIR = re.compile(r"fast path: HAProxy files in (\S+),")
 START_TIMEOUT_S = 300
 
 
@@ -38,6 +39,9 @@ class Stack:
     log_path: Path
     env: dict[str, str]
     ray_metrics_address: str = ""  # Ray's Prometheus endpoint (serve.metrics_export_port)
+    pid: int = 0  # the `ragrail up` process: the Ray driver, parent of GCS and the raylet
+    ray_temp_dir: str = ""  # named on every Ray process's command line
+    haproxy_dir: str = ""  # the fast path's HAProxy files, on HAProxy's command line ("" without it)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -123,6 +127,7 @@ def running_stack(tmp: Path, mutate: Callable[[dict], None] | None = None) -> It
             stdout=log, stderr=subprocess.STDOUT, env=env, text=True,
         )
     ready, ray_temp = _wait_ready(proc, log_path)
+    haproxy_dir = HAPROXY_DIR.search(log_path.read_text())
     yield Stack(
         gateway_address=f"{ready.group(1)}:{ready.group(2)}",
         serve_address=config["gateway"]["serve_address"],
@@ -132,6 +137,9 @@ def running_stack(tmp: Path, mutate: Callable[[dict], None] | None = None) -> It
         log_path=log_path,
         env=env,
         ray_metrics_address=f"127.0.0.1:{config['serve']['metrics_export_port']}",
+        pid=proc.pid,
+        ray_temp_dir=ray_temp,
+        haproxy_dir=haproxy_dir.group(1) if haproxy_dir else "",
     )
     proc.send_signal(signal.SIGINT)
     try:
@@ -143,7 +151,7 @@ def running_stack(tmp: Path, mutate: Callable[[dict], None] | None = None) -> It
     time.sleep(1)
     leftovers = ray_processes(ray_temp)
     # HAProxy (the fast path) runs from its own folder, named in the log: it must be gone too.
-    haproxy = re.search(r"fast path: HAProxy files in (\S+),", log_path.read_text())
+    haproxy = HAPROXY_DIR.search(log_path.read_text())
     if haproxy:
         leftovers += ray_processes(haproxy.group(1))
     assert not leftovers, f"processes left after Ctrl-C: {leftovers}"

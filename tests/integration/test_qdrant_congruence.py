@@ -9,9 +9,11 @@ and by filter, counts, dropping the collection) and records every observable res
 It runs against:
 - ``ReferenceStore``: brute-force cosine in float64 with Qdrant's filter semantics
   written out by hand, the oracle;
-- embedded Qdrant (``VectorStore(path=...)``, the local default), always;
-- Qdrant's own engine in process (Qdrant Edge, the server's Rust shard code),
-  always: the real filter evaluation, payload indexes and scoring without Docker;
+- embedded Qdrant (``VectorStore(path=...)``, the local default): Qdrant's own engine
+  in process (Qdrant Edge, the server's Rust shard code: the real filter evaluation,
+  payload indexes, HNSW and scoring without Docker), always; once more with its HNSW
+  index built after every upsert;
+- qdrant-client's local mode (``engine="local"``, the default before), always;
 - a real Qdrant server started with testcontainers, over gRPC and over REST, when
   a Docker engine answers; otherwise those tests skip and say why.
 
@@ -29,6 +31,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -394,9 +397,10 @@ def reference(data: Dataset) -> list[Outcome]:
 @pytest.fixture(scope="module")
 def embedded(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
     store = VectorStore(path=str(tmp_path_factory.mktemp("qdrant-embedded")), max_top_k=100, max_batch_size=128)
+    assert store.engine == "edge"  # the default
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # embedded must not even warn (e.g. about payload indexes)
+            warnings.simplefilter("error")  # embedded must not even warn
             return run_scenario(store, "congruence", data)
     finally:
         store.close()
@@ -442,181 +446,62 @@ def test_the_scenario_exercises_what_it_claims(reference: list[Outcome]) -> None
     assert by_step["count after delete by must_not"] < by_step["count after delete by match-any"] < 306
 
 
-def test_embedded_qdrant_matches_the_reference(embedded: list[Outcome], reference: list[Outcome]) -> None:
-    assert_same(embedded, reference, "embedded Qdrant vs the reference")
-
-
-# -- Qdrant's own engine, in process ------------------------------------------------------
-
-
-class EdgeStore:
-    """The scenario's store interface over Qdrant Edge (``qdrant-edge-py``).
-
-    Embedded mode is qdrant-client's Python re-implementation of Qdrant; Edge is the
-    server's own Rust shard code (segments, payload indexes, filter evaluation,
-    scoring) as a library. Where no Docker engine runs, this is how the scenario meets
-    the real engine. Each collection is one shard in its own folder.
-    """
-
-    def __init__(self, root: str) -> None:
-        import qdrant_edge
-
-        self.edge = qdrant_edge
-        self.root = root
-        self.shards: dict[str, Any] = {}
-        self.dimensions: dict[str, int] = {}
-        self.generation = 0  # a fresh folder per create: a dropped shard's files stay behind
-
-    def ensure_collection(
-        self,
-        name: str,
-        dimension: int,
-        distance: Distance = Distance.COSINE,
-        *,
-        keyword_index_fields: Sequence[str] = (),
-        integer_index_fields: Sequence[str] = (),
-        float_index_fields: Sequence[str] = (),
-    ) -> bool:
-        e = self.edge
-        created = name not in self.shards
-        if created:
-            self.generation += 1
-            config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=dimension, distance=e.Distance.Cosine))
-            self.shards[name] = e.EdgeShard.create(os.path.join(self.root, f"{name}-{self.generation}"), config)
-            self.dimensions[name] = dimension
-        require(self.dimensions[name] == dimension, "dimension differs")
-        schema = self.shards[name].info().payload_schema
-        for fields, kind in (
-            (keyword_index_fields, e.PayloadSchemaType.Keyword),
-            (integer_index_fields, e.PayloadSchemaType.Integer),
-            (float_index_fields, e.PayloadSchemaType.Float),
-        ):
-            for field in fields:
-                if field not in schema:
-                    self.shards[name].update(e.UpdateOperation.create_field_index(field, kind))
-        return created
-
-    def _get(self, name: str) -> Any:
-        if name not in self.shards:
-            raise NotFound(f"collection {name} does not exist")
-        return self.shards[name]
-
-    def describe(self, name: str) -> CollectionInfo:
-        shard = self._get(name)
-        return CollectionInfo(name, self.dimensions[name], Distance.COSINE, shard.count(self.edge.CountRequest()))
-
-    def payload_indexes(self, name: str) -> set[str]:
-        return set(self._get(name).info().payload_schema)
-
-    def delete_collection(self, name: str) -> None:
-        self._get(name).close()
-        del self.shards[name]
-
-    def upsert(self, name: str, points: Sequence[Point]) -> int:
-        e = self.edge
-        edge_points = [e.Point(uuid.UUID(p.id), list(p.vector), dict(p.payload)) for p in points]
-        self._get(name).update(e.UpdateOperation.upsert_points(edge_points))
-        return len(points)
-
-    def search(
-        self,
-        name: str,
-        vector: Sequence[float],
-        *,
-        top_k: int,
-        score_threshold: float | None = None,
-        filter: Filter | None = None,
-        payload_fields: Sequence[str] = (),
-    ) -> list[Hit]:
-        e = self.edge
-        request = e.SearchRequest(
-            query=e.Query.Nearest(list(vector)),
-            limit=top_k,
-            filter=self._filter(filter),
-            with_payload=e.PayloadSelector.Include(list(payload_fields)) if payload_fields else True,
-            score_threshold=score_threshold,
-        )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in self._get(name).search(request)]
-
-    def delete(self, name: str, ids: Sequence[str] = (), filter: Filter | None = None) -> None:
-        e = self.edge
-        shard = self._get(name)
-        if ids:
-            shard.update(e.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
-        if filter is not None and not filter.is_empty():
-            shard.update(e.UpdateOperation.delete_points_by_filter(self._filter(filter)))
-
-    def close(self) -> None:
-        for shard in self.shards.values():
-            shard.close()
-        self.shards.clear()
-
-    def _filter(self, f: Filter | None) -> Any:
-        if f is None or f.is_empty():
-            return None
-        convert = self._condition
-        return self.edge.Filter(
-            must=[convert(c) for c in f.must] or None,
-            should=[convert(c) for c in f.should] or None,
-            must_not=[convert(c) for c in f.must_not] or None,
-        )
-
-    def _condition(self, c: Condition) -> Any:
-        e = self.edge
-        if c.range is not None:
-            r = c.range
-            return e.FieldCondition(c.key, range=e.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
-        if c.any_of is not None:
-            return e.FieldCondition(c.key, match=e.MatchAny(list(c.any_of)))
-        value = next(v for v in (c.keyword, c.integer, c.boolean) if v is not None)
-        return e.FieldCondition(c.key, match=e.MatchValue(value))
-
-
 @pytest.fixture(scope="module")
-def edge_engine(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EdgeStore, list[Outcome]]]:
-    pytest.importorskip("qdrant_edge", reason="qdrant-edge-py is not installed (pip install -e '.[dev]')")
-    store = EdgeStore(str(tmp_path_factory.mktemp("qdrant-edge")))
+def embedded_local(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
+    store = VectorStore(
+        path=str(tmp_path_factory.mktemp("qdrant-local")), max_top_k=100, max_batch_size=128, engine="local"
+    )
     try:
-        yield store, run_scenario(store, "congruence", data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # local mode must not even warn (e.g. about payload indexes)
+            return run_scenario(store, "congruence", data)
     finally:
         store.close()
 
 
-# qdrant-edge-py 0.9.0 turns MatchValue(True) into the integer 1 (Python's bool is an int and
-# the binding tries int first), so a boolean condition cannot be expressed through it. The step
-# that uses one is left out of the Edge comparison only; the server and embedded runs keep it.
-EDGE_INEXPRESSIBLE_STEPS = {"boolean with should and must_not"}
+def test_embedded_qdrant_matches_the_reference(embedded: list[Outcome], reference: list[Outcome]) -> None:
+    assert_same(embedded, reference, "embedded Qdrant (the engine) vs the reference")
 
 
-def _without(outcomes: list[Outcome], steps: set[str]) -> list[Outcome]:
-    return [o for o in outcomes if o.step not in steps]
+def test_local_mode_matches_the_reference(embedded_local: list[Outcome], reference: list[Outcome]) -> None:
+    assert_same(embedded_local, reference, "qdrant-client's local mode vs the reference")
 
 
-def test_qdrant_engine_matches_embedded_and_the_reference(
-    edge_engine: tuple[EdgeStore, list[Outcome]], embedded: list[Outcome], reference: list[Outcome]
+# -- Qdrant's own engine, in process: the embedded default ---------------------------------
+
+
+def test_qdrant_engine_matches_local_mode(embedded: list[Outcome], embedded_local: list[Outcome]) -> None:
+    """The embedded default (Qdrant Edge) and the local mode it replaces answer alike, booleans too."""
+    assert_same(embedded, embedded_local, "Qdrant's engine (Edge) vs qdrant-client's local mode")
+
+
+def test_qdrant_engine_filters_with_payload_indexes(tmp_path: Path) -> None:
+    """The engine keeps the payload indexes asked for, as a server does."""
+    store = VectorStore(path=str(tmp_path / "indexed"))
+    try:
+        store.ensure_collection(
+            "indexed", DIM, keyword_index_fields=KEYWORD_FIELDS, integer_index_fields=INTEGER_FIELDS,
+            float_index_fields=FLOAT_FIELDS,
+        )
+        assert set(store.describe("indexed").payload_indexes) == {*KEYWORD_FIELDS, *INTEGER_FIELDS, *FLOAT_FIELDS}
+    finally:
+        store.close()
+
+
+def test_qdrant_engine_matches_the_reference_through_its_hnsw_index(
+    data: Dataset, reference: list[Outcome], tmp_path: Path
 ) -> None:
-    _, outcomes = edge_engine
-    skip = EDGE_INEXPRESSIBLE_STEPS
-    assert_same(_without(outcomes, skip), _without(embedded, skip), "Qdrant's engine (Edge) vs embedded Qdrant")
-    assert_same(_without(outcomes, skip), _without(reference, skip), "Qdrant's engine (Edge) vs the reference")
+    """The same scenario with the HNSW index built after every upsert, not a full scan."""
+    from ragrail.retrieval import edge
 
-
-def test_edge_binding_still_cannot_match_booleans() -> None:
-    """When this fails the binding is fixed: empty EDGE_INEXPRESSIBLE_STEPS."""
-    qdrant_edge = pytest.importorskip("qdrant_edge")
-    value = qdrant_edge.MatchValue(True).value
-    assert value == 1 and type(value) is int
-
-
-def test_qdrant_engine_filters_with_payload_indexes(edge_engine: tuple[EdgeStore, list[Outcome]]) -> None:
-    """The engine's answers above came through payload indexes, as a server's would."""
-    store, _ = edge_engine
-    name = "indexed"
-    store.ensure_collection(
-        name, DIM, keyword_index_fields=KEYWORD_FIELDS, integer_index_fields=INTEGER_FIELDS,
-        float_index_fields=FLOAT_FIELDS,
-    )
-    assert store.payload_indexes(name) == {*KEYWORD_FIELDS, *INTEGER_FIELDS, *FLOAT_FIELDS}
+    store = VectorStore(path=str(tmp_path / "hnsw"), max_top_k=100, max_batch_size=128)
+    store._client.index_min_points = 1  # noqa: SLF001 - index at every upsert
+    try:
+        outcomes = run_scenario(store, "congruence", data)
+        assert isinstance(store._client, edge.EdgeClient)  # noqa: SLF001
+    finally:
+        store.close()
+    assert_same(outcomes, reference, "Qdrant's engine with HNSW vs the reference")
 
 
 # -- a real Qdrant server -----------------------------------------------------------------

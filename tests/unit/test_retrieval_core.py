@@ -1,4 +1,4 @@
-"""VectorStore over embedded Qdrant (a temp folder), plus the unreachable-server mapping.
+"""VectorStore over embedded Qdrant (a temp folder; the engine and local mode), plus the unreachable-server mapping.
 
 The same behaviour against a real Qdrant server: tests/integration/test_qdrant_congruence.py.
 """
@@ -52,9 +52,10 @@ POINTS = [
 QUERY = [1.0, 0.0, 0.0, 0.0]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[VectorStore]:
-    s = VectorStore(path=str(tmp_path / "qdrant"), max_top_k=10, max_batch_size=8)
+@pytest.fixture(params=["edge", "local"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VectorStore]:
+    """Both embedded implementations: Qdrant's engine in process (the default) and local mode."""
+    s = VectorStore(path=str(tmp_path / "qdrant"), max_top_k=10, max_batch_size=8, engine=request.param)
     yield s
     s.close()
 
@@ -388,6 +389,7 @@ def server_like(store: VectorStore) -> IndexingClient:
     client = IndexingClient(store._client)
     store._client = client  # type: ignore[assignment]
     store.embedded = False
+    store.engine = "server"
     return client
 
 
@@ -415,11 +417,28 @@ def test_an_index_of_another_type_is_not_replaced_silently(store: VectorStore, s
         store.ensure_collection("docs", DIM, integer_index_fields=["year"])
 
 
-def test_embedded_mode_ignores_indexes_quietly(store: VectorStore) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # qdrant-client warns when asked for a local index
-        assert store.ensure_collection("docs", DIM, keyword_index_fields=["lang"], integer_index_fields=["year"])
-    assert store.describe("docs").payload_indexes == {}
+def test_the_embedded_engine_keeps_payload_indexes(tmp_path: Path) -> None:
+    store = VectorStore(path=str(tmp_path / "q"))
+    assert store.engine == "edge"
+    assert store.ensure_collection("docs", DIM, keyword_index_fields=["lang"], integer_index_fields=["year"])
+    assert store.describe("docs").payload_indexes == {"lang": "keyword", "year": "integer"}
+    # Asked again with one more (a later release): only that one is added.
+    assert not store.ensure_collection("docs", DIM, keyword_index_fields=["lang"], float_index_fields=["price"])
+    assert store.describe("docs").payload_indexes == {"lang": "keyword", "year": "integer", "price": "float"}
+    with pytest.raises(InvalidArgument, match="indexed as keyword, not integer"):
+        store.ensure_collection("docs", DIM, integer_index_fields=["lang"])
+    store.close()
+
+
+def test_local_mode_ignores_indexes_quietly(tmp_path: Path) -> None:
+    store = VectorStore(path=str(tmp_path / "q"), engine="local")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # qdrant-client warns when asked for a local index
+            assert store.ensure_collection("docs", DIM, keyword_index_fields=["lang"], integer_index_fields=["year"])
+        assert store.describe("docs").payload_indexes == {}
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The local stack's fast-path ports: each stack gets its own, never another's."""
+"""The local stack's ports: each stack gets its own fast-path ports, and a loopback host keeps Ray on loopback."""
 
 from __future__ import annotations
 
@@ -73,3 +73,14 @@ def test_ports_are_checked_on_ipv4_where_ipv6_is_off(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(stack.socket, "socket", no_ipv6)
         assert stack._bindable(port) is False
         assert stack._bindable(stack.free_port()) is True
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True), ("::ffff:127.0.0.1", True),
+        ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("ray-head", False),
+    ],
+)
+def test_which_serve_hosts_keep_the_local_ray_cluster_on_loopback(host: str, loopback: bool) -> None:
+    assert stack.is_loopback(host) is loopback

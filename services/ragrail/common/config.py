@@ -55,6 +55,13 @@ class RetrievalSettings(Strict):
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded")
     qdrant_api_key: str | None = None
     qdrant_path: str | None = Field(None, description="embedded store folder; default DATA_DIR/qdrant")
+    embedded_engine: Literal["edge", "local"] = Field(
+        "edge", description="embedded store: edge (Qdrant's engine in process, HNSW) or local (qdrant-client's "
+        "pure-Python local mode, the format before; `ragrail migrate-store` moves it to edge)"
+    )
+    embedded_lock_wait_s: float = Field(
+        30.0, ge=0, description="how long a starting replica waits for the embedded store's previous owner to let go"
+    )
     prefer_grpc: bool = Field(True, description="data calls over gRPC (grpc_port) instead of REST (the URL's port)")
     grpc_port: int = Field(6334, ge=1, le=65535, description="Qdrant's gRPC port, used when prefer_grpc")
     timeout_s: float = Field(10.0, gt=0, description="bound on every Qdrant call (rounded up to whole seconds)")
@@ -246,6 +253,15 @@ class GatewaySettings(Strict):
     chunk_overlap_chars: int = Field(120, ge=0)
     pipelines_dir: str | None = Field(None, description="pipeline specs; default: the packaged ones")
     reload_interval_s: float = Field(2.0, gt=0, description="how often the specs folder is checked")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3600, description="on SIGTERM/Ctrl-C: health turns NOT_SERVING, new calls are refused and "
+        "calls in flight (streams, ingests) get this long to finish before they are cancelled; a second Ctrl-C "
+        "stops at once. Keep the pod's terminationGracePeriodSeconds above it"
+    )
+    max_connection_age_s: float | None = Field(
+        300.0, gt=0, description="clients' connections are closed gracefully after this long, so they reconnect "
+        "and spread over gateway pods the autoscaler added (gRPC balances per connection); null: never"
+    )
     feedback_db: str | None = Field(None, description="SQLite file; default DATA_DIR/feedback.sqlite3")
     prompt_tag_secret: str | None = Field(
         None, description="keys the prompt-injection tags; set it (from a Secret) so gateway replicas agree"

@@ -35,8 +35,12 @@ def create_server(
     max_message_bytes: int = 16 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    options: Sequence[tuple[str, int | str]] = (),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Builds (not starts) a server; returns it, the bound port and its health servicer."""
+    """Builds (not starts) a server; returns it, the bound port and its health servicer.
+
+    ``options`` are extra gRPC channel arguments (keepalive, connection age).
+    """
     server = grpc.aio.server(
         # First, so it wraps the others: a request that cannot be decoded reaches none of them.
         interceptors=[DecodeGuard(), *interceptors],
@@ -44,6 +48,7 @@ def create_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *options,
         ],
     )
     health_servicer = health.aio.HealthServicer()

@@ -59,6 +59,8 @@ class RunningGateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health_server: grpc.aio.Server | None = None  # the plaintext health-only port, when on
     health_port: int | None = None
+    grace_s: float = 5.0  # default drain period of stop()
+    _stopped: bool = False
 
     def reload(self) -> bool:
         """Re-reads the spec folder; False (and the old registry kept) when it is broken."""
@@ -72,15 +74,61 @@ class RunningGateway:
         log.info("pipelines reloaded: %s", ", ".join(f"{p.name}@{p.version}" for p in registry.all()))
         return True
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drains: NOT_SERVING at once, new calls refused, calls in flight get ``grace_s``
+        (default ``gateway.shutdown_grace_s``) to finish, then are cancelled.
+
+        Calling it again while it drains (a second Ctrl-C, ``stop(0)``) shortens the wait.
+        """
+        grace = self.grace_s if grace_s is None else grace_s
+        if self._stopped:
+            await self.server.stop(grace)
+            return
+        self._stopped = True
         for task in self.tasks:
             task.cancel()
         await mark_not_serving(self.health, [SERVICE_NAME])  # type: ignore[arg-type]
-        await self.server.stop(grace_s)
+        await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.channel.close()
         self.servicer.feedback.close()
+
+
+def serve_channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The gateway's channel to Serve: detect a dead peer in seconds, reconnect within seconds.
+
+    gRPC's defaults send no keepalive (a silently dropped connection is noticed only by a
+    call's deadline) and back off reconnects up to 120 s: after a Serve restart the gateway
+    answered BACKEND_UNAVAILABLE for up to two minutes.
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 3_000),
+    ]
+
+
+def connection_age_options(max_age_s: float | None) -> list[tuple[str, int]]:
+    """Server side: bound connection age (clients re-resolve and spread over new pods) and
+    accept the clients' keepalive pings instead of answering them with GOAWAY."""
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    if max_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_age_s * 1000)),
+            # A call in flight when the age is reached may still finish: streams run minutes.
+            ("grpc.max_connection_age_grace_ms", 600_000),
+        ]
+    return options
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -181,13 +229,7 @@ async def start_gateway(
     (default ``gateway.host``): for probes that cannot speak the gateway's TLS.
     """
     g = settings.gateway
-    channel = grpc.aio.insecure_channel(
-        g.serve_address,
-        options=[
-            ("grpc.max_receive_message_length", g.max_message_bytes),
-            ("grpc.max_send_message_length", g.max_message_bytes),
-        ],
-    )
+    channel = grpc.aio.insecure_channel(g.serve_address, options=serve_channel_options(g.max_message_bytes))
     servicer, loader = build_gateway(settings, channel, backends_for)
     servicer.state.service_statuses = service_statuses
     server, port, health = create_server(
@@ -195,6 +237,7 @@ async def start_gateway(
         [ServiceBinding(servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)],
         max_message_bytes=g.max_message_bytes,
         credentials=_credentials(settings),
+        options=connection_age_options(g.max_connection_age_s),
     )
     health_server, bound_health_port = None, None
     if health_port is not None:
@@ -217,7 +260,7 @@ async def start_gateway(
     await mark_serving(health, [SERVICE_NAME])
     gateway = RunningGateway(
         server, port, metrics_port, servicer, loader, channel, health,
-        health_server=health_server, health_port=bound_health_port,
+        health_server=health_server, health_port=bound_health_port, grace_s=g.shutdown_grace_s,
     )
     gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
     return gateway

@@ -1,7 +1,10 @@
 """Vector storage and search over Qdrant, embedded or remote, one interface.
 
-``QdrantClient(path=...)`` (embedded, the local default) and
-``QdrantClient(url=...)`` (a server, over gRPC) are chosen by settings only.
+The embedded default is Qdrant's own engine in process (``EdgeClient``, Qdrant Edge:
+the server's segments, HNSW index and payload indexes, in ``ragrail.retrieval.edge``);
+``QdrantClient(url=...)`` (a server, over gRPC) and qdrant-client's pure-Python local
+mode (``QdrantClient(path=...)``, ``engine="local"``, the default before) are the others.
+They are chosen by settings only and answer the same calls with the same models.
 Every call carries a timeout: the client-wide one bounds each gRPC call's deadline
 and each REST request, and the calls that take one pass it on to the server too.
 A server that cannot be reached, or does not answer in time, becomes
@@ -18,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient
@@ -100,7 +103,7 @@ class CollectionInfo:
     distance: Distance
     points_count: int
     # Indexed payload fields -> Qdrant's schema name ("keyword", "integer", ...).
-    # Always empty in embedded mode, which keeps no payload indexes.
+    # Always empty in qdrant-client's local mode, which keeps no payload indexes.
     payload_indexes: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,16 +121,22 @@ class VectorStore:
         timeout_s: float = 10.0,
         max_top_k: int = 100,
         max_batch_size: int = 512,
+        engine: Literal["edge", "local"] = "edge",
+        lock_wait_s: float = 30.0,
     ) -> None:
         require(bool(url) != bool(path), "configure exactly one of a Qdrant url or an embedded path")
+        require(engine in ("edge", "local"), f"engine must be 'edge' or 'local', got {engine!r}")
         require(timeout_s > 0, f"timeout_s must be positive, got {timeout_s}")
         self.embedded = url is None
+        # Which embedded implementation, if embedded: "edge" keeps payload indexes, "local" none.
+        self.engine = engine if self.embedded else "server"
         self.timeout_s = timeout_s
         # qdrant-client takes whole seconds; round up so 0.5 s does not become "no timeout".
         self._timeout = max(1, math.ceil(timeout_s))
         self.max_top_k = max_top_k
         self.max_batch_size = max_batch_size
         self._dimensions: dict[str, int] = {}
+        self._client: Any
         if url:
             self.where = _describe_server(url, prefer_grpc, grpc_port)
             self._client = QdrantClient(
@@ -137,8 +146,21 @@ class VectorStore:
                 grpc_port=grpc_port,
                 timeout=self._timeout,
             )
-        else:
+        elif engine == "edge":
+            from ragrail.retrieval.edge import EdgeClient
+
             self.where = f"embedded store {path}"
+            self._client = EdgeClient(str(path), lock_wait_s=lock_wait_s)
+        else:
+            from ragrail.retrieval.edge import is_edge_store
+
+            # Local mode would see no collections in the engine's folder and start empty.
+            require(
+                not is_edge_store(Path(str(path))),
+                f"{path} holds the embedded engine's store, not a qdrant-client local-mode one: "
+                "set retrieval.embedded_engine to 'edge'",
+            )
+            self.where = f"embedded store {path} (qdrant-client local mode)"
             self._client = QdrantClient(path=path)
 
     def close(self) -> None:
@@ -155,9 +177,9 @@ class VectorStore:
     ) -> bool:
         """Creates the collection unless it exists; returns whether it was created.
 
-        On a server, the payload indexes asked for are created too, on an existing
-        collection as well (so a field indexed in a later release gets its index).
-        Embedded Qdrant keeps no payload indexes, so there they are only validated.
+        On a server and in the embedded engine, the payload indexes asked for are created
+        too, on an existing collection as well (so a field indexed in a later release gets
+        its index). qdrant-client's local mode keeps none, so there they are only validated.
         """
         _check_collection_name(name)
         require(0 < dimension <= 65536, f"dimension must be in 1..65536, got {dimension}")
@@ -182,7 +204,7 @@ class VectorStore:
             )
             self._dimensions[name] = dimension  # it may have existed before with another one
             created = True
-        if self.embedded:
+        if self.engine == "local":
             return created  # it would only warn that indexes have no effect
         for key, kind in wanted.items():
             have = indexed.get(key)
@@ -488,4 +510,6 @@ def build_store(settings: "RetrievalSettings", qdrant_path: Path) -> VectorStore
         timeout_s=settings.timeout_s,
         max_top_k=settings.max_top_k,
         max_batch_size=settings.max_batch_size,
+        engine=settings.embedded_engine,
+        lock_wait_s=settings.embedded_lock_wait_s,
     )

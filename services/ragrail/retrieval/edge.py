@@ -1,0 +1,502 @@
+"""Qdrant's own engine in process (Qdrant Edge), behind the qdrant-client calls ``VectorStore`` makes.
+
+``EdgeClient`` answers the dozen ``QdrantClient`` methods that ``VectorStore`` uses
+(``create_collection``, ``upsert``, ``query_points``, ``delete`` ...) with the same
+qdrant-client models, so ``VectorStore`` keeps one code path for the embedded engine, a
+server and qdrant-client's local mode: one interface, several implementations, compared
+by tests/integration/test_qdrant_congruence.py.
+
+Why: qdrant-client's local mode is a pure-Python reference implementation. Measured
+here (benchmarks/bench_retrieval.py, 100k 384-d points): 117.6 ms p50 per search and
+~750 points/s ingest; Edge (the server's Rust segments, HNSW and payload indexes) is in
+docs/benchmarks.md.
+
+Folder layout (one owner at a time)::
+
+    <root>/ragrail-store.json      format marker
+    <root>/owner.lock              flock()ed by the owner; holds its pid for messages
+    <root>/collections/<name>/collection.json   dimension and distance
+    <root>/collections/<name>/shard/            one Edge shard
+
+The owner lock is an OS file lock: the kernel drops it when the owning process exits,
+however it exits, so a killed replica never leaves a lock that blocks its successor.
+A second opener waits up to ``lock_wait_s`` (a restarting replica overlapping with the
+one it replaces), then fails saying who owns the folder.
+
+Binding quirks (qdrant-edge-py 0.9.0) are handled here and only here; each has a test in
+tests/unit/test_retrieval_edge.py that fails once upstream fixes it:
+- ``MatchValue(True)`` becomes the integer 1 (the binding tries int before bool), which
+  matches no boolean payload. A numpy bool is not an int to it, so it stays a bool.
+- ``EdgeShard.optimize()`` (which builds the HNSW index) holds the GIL for its whole run:
+  no other Python thread in the process runs meanwhile. So it runs only after an upsert
+  that leaves enough unindexed points (geometric: at least ``index_min_points`` and 10 %
+  of what is indexed), inside that upsert call, never on a timer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as edge
+from qdrant_client import models as qm
+
+from ragrail.common.errors import FailedPrecondition, InvalidArgument, require
+
+log = logging.getLogger(__name__)
+
+FORMAT = {"format": "ragrail-qdrant-edge", "version": 1}
+MARKER = "ragrail-store.json"
+LOCK = "owner.lock"
+COLLECTIONS = "collections"
+# What qdrant-client's local mode writes into its folder.
+LOCAL_MODE_META = "meta.json"
+LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")
+
+# HNSW: Qdrant's defaults for building; the search ef chosen by measurement (100k 384-d
+# clustered points, benchmarks/bench_retrieval.py): ef 64 gave recall@10 0.970, 128 gave
+# 0.995, 256 gave 0.999 at about the same p50 (~1 ms).
+HNSW_M = 16
+HNSW_EF_CONSTRUCT = 100
+HNSW_EF = 128
+# Segments at or under this many KB are searched by a full scan, not the graph.
+FULL_SCAN_THRESHOLD_KB = 10_000
+# Segments grow to this many KB before the optimizer indexes them (Qdrant's own default
+# is 10 MB, ~6.5k 384-d vectors); kept low so what optimize() indexes is everything new.
+INDEXING_THRESHOLD_KB = 1_000
+INDEX_MIN_POINTS = 10_000
+
+_DISTANCES = {
+    qm.Distance.COSINE: edge.Distance.Cosine,
+    qm.Distance.DOT: edge.Distance.Dot,
+    qm.Distance.EUCLID: edge.Distance.Euclid,
+}
+_SCHEMAS = {
+    qm.PayloadSchemaType.KEYWORD: edge.PayloadSchemaType.Keyword,
+    qm.PayloadSchemaType.INTEGER: edge.PayloadSchemaType.Integer,
+    qm.PayloadSchemaType.FLOAT: edge.PayloadSchemaType.Float,
+    qm.PayloadSchemaType.BOOL: edge.PayloadSchemaType.Bool,
+}
+_SCHEMA_NAMES = {v: k for k, v in _SCHEMAS.items()}
+
+
+# -- binding quirks: the only place that knows about them --------------------------------
+
+
+def match_value(value: str | int | bool) -> Any:
+    """``MatchValue`` that keeps a boolean a boolean (qdrant-edge-py 0.9.0 makes True the int 1)."""
+    if isinstance(value, bool):
+        return edge.MatchValue(np.bool_(value))
+    return edge.MatchValue(value)
+
+
+def binding_turns_bools_into_ints() -> bool:
+    value = edge.MatchValue(True).value
+    return type(value) is int
+
+
+# -- the folder ---------------------------------------------------------------------------
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<root>/owner.lock``, released by close() or by process exit."""
+
+    def __init__(self, root: Path, wait_s: float, poll_s: float = 0.05) -> None:
+        self.path = root / LOCK
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = _read_owner(fd)
+                    os.close(fd)
+                    raise FailedPrecondition(
+                        f"embedded store {root} is owned by another process ({owner}); one process may "
+                        f"own it at a time (waited {wait_s:g}s): stop that one, or set retrieval.qdrant_url "
+                        "to a Qdrant server to share a store"
+                    ) from None
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {owner['pid']} on {owner['host']}"
+    except (ValueError, KeyError, OSError):
+        return "pid unknown"
+
+
+def local_mode_collections(root: Path) -> list[str] | None:
+    """The collections of a qdrant-client local-mode store in ``root``, or None if there is none."""
+    meta = root / LOCAL_MODE_META
+    if not meta.is_file():
+        return None
+    try:
+        return sorted(json.loads(meta.read_text()).get("collections", {}))
+    except ValueError:
+        return []
+
+
+def is_edge_store(root: Path) -> bool:
+    return (root / MARKER).is_file()
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Collection:
+    shard: Any
+    dimension: int
+    distance: qm.Distance
+    optimized_at: int = 0  # points there were at the last optimize()
+
+
+@dataclass(frozen=True)
+class _Count:
+    count: int
+
+
+@dataclass(frozen=True)
+class _Found:
+    points: list[qm.ScoredPoint]
+
+
+class EdgeClient:
+    """The subset of ``QdrantClient`` that ``VectorStore`` calls, on Qdrant Edge shards."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        lock_wait_s: float = 30.0,
+        hnsw_ef: int = HNSW_EF,
+        index_min_points: int = INDEX_MIN_POINTS,
+        allow_local_mode_files: bool = False,
+    ) -> None:
+        self.root = Path(path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hnsw_ef = hnsw_ef
+        self.index_min_points = index_min_points
+        self._lock = FolderLock(self.root, lock_wait_s)
+        self._collections: dict[str, _Collection] = {}
+        try:
+            legacy = local_mode_collections(self.root)
+            if legacy is not None and not allow_local_mode_files:
+                raise FailedPrecondition(
+                    f"embedded store {self.root} was written by qdrant-client's local mode (collections: "
+                    f"{', '.join(legacy) or 'none'}); run `ragrail migrate-store` to move them into the "
+                    "embedded engine, or set retrieval.embedded_engine to 'local' to keep using that mode"
+                )
+            marker = self.root / MARKER
+            if marker.is_file():
+                found = json.loads(marker.read_text())
+                require(
+                    found.get("format") == FORMAT["format"] and found.get("version") == FORMAT["version"],
+                    f"embedded store {self.root} has format {found}, this release reads {FORMAT}",
+                )
+            else:
+                _write_atomically(marker, json.dumps(FORMAT))
+            (self.root / COLLECTIONS).mkdir(exist_ok=True)
+            self._open_all()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle
+
+    def _open_all(self) -> None:
+        for folder in sorted((self.root / COLLECTIONS).iterdir()):
+            meta = folder / "collection.json"
+            if folder.name.startswith(".") or not meta.is_file():
+                # A drop or a create that did not finish: never a collection.
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            info = json.loads(meta.read_text())
+            shard_path = folder / "shard"
+            distance = qm.Distance(info["distance"])
+            if (shard_path / "edge_config.json").is_file():
+                shard = edge.EdgeShard.load(str(shard_path))
+            else:
+                shard = edge.EdgeShard.create(str(shard_path), _shard_config(info["dimension"], distance))
+            self._collections[folder.name] = _Collection(shard, info["dimension"], distance, shard.info().points_count)
+
+    def close(self) -> None:
+        for collection in self._collections.values():
+            collection.shard.close()
+        self._collections.clear()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    # -- collections
+
+    def _get(self, name: str) -> _Collection:
+        found = self._collections.get(name)
+        if found is None:
+            raise ValueError(f"Collection {name} not found")
+        return found
+
+    def collection_exists(self, name: str) -> bool:
+        return name in self._collections
+
+    def create_collection(self, name: str, vectors_config: qm.VectorParams, **_: Any) -> bool:
+        require(name not in self._collections, f"collection {name} already exists")
+        folder = self.root / COLLECTIONS / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        shard = edge.EdgeShard.create(str(folder / "shard"), _shard_config(vectors_config.size, vectors_config.distance))
+        _write_atomically(
+            folder / "collection.json",
+            json.dumps({"dimension": vectors_config.size, "distance": vectors_config.distance.value}),
+        )
+        self._collections[name] = _Collection(shard, vectors_config.size, vectors_config.distance)
+        return True
+
+    def get_collection(self, name: str) -> qm.CollectionInfo:
+        c = self._get(name)
+        info = c.shard.info()
+        schema = {
+            key: qm.PayloadIndexInfo(data_type=_SCHEMA_NAMES[index.data_type], points=index.points)
+            for key, index in info.payload_schema.items()
+        }
+        params = qm.CollectionParams.model_construct(vectors=qm.VectorParams(size=c.dimension, distance=c.distance))
+        return qm.CollectionInfo.model_construct(
+            status=qm.CollectionStatus.GREEN,
+            points_count=info.points_count,
+            indexed_vectors_count=info.indexed_vectors_count,
+            segments_count=info.segments_count,
+            config=qm.CollectionConfig.model_construct(params=params),
+            payload_schema=schema,
+        )
+
+    def count(self, name: str, **_: Any) -> _Count:
+        return _Count(self._get(name).shard.count(edge.CountRequest()))
+
+    def delete_collection(self, name: str, **_: Any) -> bool:
+        c = self._collections.pop(name, None)
+        if c is None:
+            return False
+        c.shard.close()
+        folder = self.root / COLLECTIONS / name
+        trash = self.root / COLLECTIONS / f".dropped-{uuid.uuid4().hex}"
+        folder.rename(trash)  # a crash from here on leaves no half collection behind
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def create_payload_index(self, name: str, field_name: str, field_schema: qm.PayloadSchemaType, **_: Any) -> None:
+        self._get(name).shard.update(edge.UpdateOperation.create_field_index(field_name, _SCHEMAS[field_schema]))
+
+    # -- points
+
+    def upsert(self, name: str, points: Sequence[qm.PointStruct], **_: Any) -> None:
+        c = self._get(name)
+        c.shard.update(
+            edge.UpdateOperation.upsert_points(
+                [edge.Point(_point_id(p.id), p.vector, p.payload or {}) for p in points]
+            )
+        )
+        self._maybe_index(name, c)
+
+    def delete(self, name: str, points_selector: qm.PointIdsList | qm.FilterSelector, **_: Any) -> None:
+        c = self._get(name)
+        if isinstance(points_selector, qm.PointIdsList):
+            c.shard.update(edge.UpdateOperation.delete_points([_point_id(i) for i in points_selector.points]))
+        else:
+            converted = to_edge_filter(points_selector.filter)
+            require(converted is not None, "a delete filter must not be empty")
+            c.shard.update(edge.UpdateOperation.delete_points_by_filter(converted))
+
+    def query_points(
+        self,
+        name: str,
+        *,
+        query: list[float],
+        limit: int,
+        score_threshold: float | None = None,
+        query_filter: qm.Filter | None = None,
+        with_payload: bool | list[str] = True,
+        **_: Any,
+    ) -> _Found:
+        c = self._get(name)
+        request = edge.SearchRequest(
+            query=edge.Query.Nearest(list(query)),
+            limit=limit,
+            filter=to_edge_filter(query_filter),
+            params=edge.SearchParams(hnsw_ef=self.hnsw_ef),
+            with_payload=edge.PayloadSelector.Include(list(with_payload)) if isinstance(with_payload, list) else True,
+            score_threshold=score_threshold,
+        )
+        found = c.shard.search(request)
+        return _Found(
+            [qm.ScoredPoint.model_construct(id=str(p.id), version=0, score=p.score, payload=p.payload) for p in found]
+        )
+
+    # -- the HNSW index
+
+    def optimize(self, name: str) -> None:
+        """Builds the HNSW index over what is not indexed yet (holds the GIL meanwhile)."""
+        c = self._get(name)
+        started = time.perf_counter()
+        c.shard.optimize()
+        info = c.shard.info()
+        c.optimized_at = info.points_count
+        log.info(
+            "indexed collection %s: %d of %d points in %d segments, %.1f s",
+            name, info.indexed_vectors_count, info.points_count, info.segments_count,
+            time.perf_counter() - started,
+        )
+
+    def _maybe_index(self, name: str, c: _Collection) -> None:
+        # Geometric: the unindexed tail (searched by a full scan) stays under ~10 % of the
+        # collection and the total indexing work stays O(n log n) over a bulk ingest.
+        points = c.shard.info().points_count
+        if points - c.optimized_at >= max(self.index_min_points, c.optimized_at // 10):
+            self.optimize(name)
+
+
+def _shard_config(dimension: int, distance: qm.Distance) -> Any:
+    return edge.EdgeConfig(
+        vectors=edge.EdgeVectorParams(size=dimension, distance=_DISTANCES[distance]),
+        hnsw_config=edge.HnswIndexConfig(
+            m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
+        ),
+        optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
+    )
+
+
+def _point_id(value: Any) -> Any:
+    if isinstance(value, str):
+        return uuid.UUID(value)
+    return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- filters: qdrant-client's models to Edge's -----------------------------------------------
+
+
+def to_edge_filter(f: qm.Filter | None) -> Any:
+    if f is None:
+        return None
+
+    def convert(conditions: Any) -> list[Any] | None:
+        if conditions is None:
+            return None
+        if not isinstance(conditions, list):
+            conditions = [conditions]
+        return [_edge_condition(c) for c in conditions] or None
+
+    must, should, must_not = convert(f.must), convert(f.should), convert(f.must_not)
+    if not (must or should or must_not):
+        return None
+    return edge.Filter(must=must, should=should, must_not=must_not)
+
+
+def _edge_condition(c: Any) -> Any:
+    if isinstance(c, qm.Filter):
+        return to_edge_filter(c)
+    if not isinstance(c, qm.FieldCondition):
+        raise InvalidArgument(f"the embedded engine does not take {type(c).__name__} conditions")
+    if c.range is not None:
+        r = c.range
+        require(isinstance(r, qm.Range), "only numeric ranges are supported")
+        return edge.FieldCondition(c.key, range=edge.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
+    if isinstance(c.match, qm.MatchValue):
+        return edge.FieldCondition(c.key, match=match_value(c.match.value))
+    if isinstance(c.match, qm.MatchAny):
+        return edge.FieldCondition(c.key, match=edge.MatchAny(list(c.match.any)))
+    raise InvalidArgument(f"condition on {c.key}: unsupported match {type(c.match).__name__}")
+
+
+# -- migration from qdrant-client's local mode --------------------------------------------------
+
+
+def migrate_local_store(
+    path: str,
+    *,
+    batch_size: int = 512,
+    lock_wait_s: float = 0.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, int]:
+    """Copies every collection of a local-mode store in ``path`` into the embedded engine.
+
+    The points keep their ids, vectors and payloads. Re-running after a failure starts each
+    collection afresh. Only when every count matches are the local-mode files moved into
+    ``<path>/local-mode-backup-<time>/`` (delete it once satisfied); the folder then opens
+    as the engine's store. Returns the points copied per collection.
+    """
+    from qdrant_client import QdrantClient
+
+    root = Path(path)
+    names = local_mode_collections(root)
+    require(names is not None, f"{root} holds no qdrant-client local-mode store (no {LOCAL_MODE_META})")
+    target = EdgeClient(str(root), lock_wait_s=lock_wait_s, allow_local_mode_files=True)
+    copied: dict[str, int] = {}
+    try:
+        source = QdrantClient(path=str(root))  # takes local mode's own lock too
+        try:
+            for name in names or []:
+                params = source.get_collection(name).config.params.vectors
+                require(isinstance(params, qm.VectorParams), f"collection {name}: only single-vector collections migrate")
+                assert isinstance(params, qm.VectorParams)
+                if target.collection_exists(name):
+                    target.delete_collection(name)  # an earlier, unfinished run
+                target.create_collection(name, vectors_config=qm.VectorParams(size=params.size, distance=params.distance))
+                offset = None
+                n = 0
+                while True:
+                    records, offset = source.scroll(
+                        name, limit=batch_size, offset=offset, with_payload=True, with_vectors=True
+                    )
+                    if records:
+                        target.upsert(
+                            name,
+                            [qm.PointStruct(id=r.id, vector=r.vector, payload=r.payload or {}) for r in records],  # type: ignore[arg-type]
+                        )
+                        n += len(records)
+                        progress(f"{name}: {n} points")
+                    if offset is None:
+                        break
+                target.optimize(name)
+                have = target.count(name).count
+                want = source.count(name, exact=True).count
+                require(have == want, f"collection {name}: copied {have} points of {want}; nothing was moved")
+                copied[name] = have
+        finally:
+            source.close()
+        backup = root / time.strftime("local-mode-backup-%Y%m%d-%H%M%S")
+        backup.mkdir()
+        for item in LOCAL_MODE_FILES:
+            if (root / item).exists():
+                (root / item).rename(backup / item)
+        progress(f"local-mode files moved to {backup}")
+    finally:
+        target.close()
+    return copied
