@@ -6,12 +6,14 @@ what a RayService's serveConfigV2 points at in Kubernetes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import ipaddress
 import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -191,12 +193,42 @@ class LocalStack:
         finally:
             ray.shutdown()
             self.started = False
+            # When Serve's controller misses its own shutdown deadline (seen on a loaded
+            # machine), its HAProxy outlives the cluster holding the ingress ports.
+            for pid in stop_processes_using([self.temp_dir, *self.extra_dirs]):
+                log.warning("process %d of this stack outlived Ray's shutdown; stopped it", pid)
             for folder in [self.temp_dir, *self.extra_dirs]:
                 shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def log_dir(self) -> Path:
         return self.temp_dir / "session_latest" / "logs"
+
+
+def stop_processes_using(folders: list[Path], wait_s: float = 3.0) -> list[int]:
+    """Stops processes whose command line names one of ``folders`` (this stack's own temp
+    folders, so only processes it started); returns their pids."""
+    needles = [str(f).encode() for f in folders]
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            found.append(int(entry.name))
+    for pid, sig in [(p, signal.SIGTERM) for p in found]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + wait_s
+    while any(Path(f"/proc/{p}").exists() for p in found) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 @dataclass(frozen=True)

@@ -84,3 +84,24 @@ def test_ports_are_checked_on_ipv4_where_ipv6_is_off(monkeypatch: pytest.MonkeyP
 )
 def test_which_serve_hosts_keep_the_local_ray_cluster_on_loopback(host: str, loopback: bool) -> None:
     assert stack.is_loopback(host) is loopback
+
+
+def test_processes_naming_the_stacks_folders_are_stopped_and_no_other(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ragrail.stack import stop_processes_using
+
+    ours = tmp_path / "rgh-ours"
+    other = tmp_path / "rgh-other"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    orphan = subprocess.Popen([*sleeper, str(ours / "haproxy.cfg")])
+    bystander = subprocess.Popen([*sleeper, str(other / "haproxy.cfg")])
+    try:
+        assert stop_processes_using([ours]) == [orphan.pid]
+        assert orphan.wait(timeout=10) != 0
+        assert bystander.poll() is None
+    finally:
+        for proc in (orphan, bystander):
+            proc.kill()
+            proc.wait()
