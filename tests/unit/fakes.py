@@ -205,6 +205,7 @@ class FakeRetrieval:
     def __init__(self) -> None:
         self.collections: dict[str, _Collection] = {}
         self.searches: list[tuple[str, int, float]] = []  # (collection, top_k, threshold)
+        self.filters: list[dict[str, Any]] = []  # each search's payload filter ({} without one)
         self.faults = Faults()
 
     def _get(self, collection: str) -> _Collection:
@@ -234,16 +235,25 @@ class FakeRetrieval:
         return len(self.collections[collection].points)
 
     async def search(
-        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
+        self,
+        collection: str,
+        vector: Sequence[float],
+        top_k: int,
+        threshold: float,
+        timeout: float,
+        filters: Mapping[str, Any] | None = None,
     ) -> list[Passage]:
         assert timeout > 0
         await self.faults.apply()
         self.searches.append((collection, top_k, threshold))
+        self.filters.append(dict(filters or {}))
         coll = self.collections.get(collection)
         if coll is None:
             raise CollectionMissing.named(collection)  # like the gRPC client
         self._check_dimension(coll, vector)
-        scored = [(_cosine(vector, v), payload) for v, payload in coll.points.values()]
+        scored = [
+            (_cosine(vector, v), payload) for v, payload in coll.points.values() if _matches(payload, filters or {})
+        ]
         hits = sorted((s for s in scored if s[0] >= threshold), key=lambda s: s[0], reverse=True)
         return [
             Passage(
@@ -279,6 +289,18 @@ class FakeRetrieval:
     # Test helpers (not part of the protocol).
     def payloads(self, collection: str) -> list[dict[str, Any]]:
         return [payload for _, payload in self._get(collection).points.values()]
+
+
+def _matches(payload: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """Like the retrieval service's filter: exact match, or any of a list of keywords."""
+    for key, wanted in filters.items():
+        value = payload.get(key)
+        if isinstance(wanted, list | tuple):
+            if value not in wanted:
+                return False
+        elif value != wanted or isinstance(value, bool) != isinstance(wanted, bool):
+            return False
+    return True
 
 
 @dataclass
@@ -405,14 +427,16 @@ class FakeStack:
     async def add_collection(self, collection: str) -> None:
         await self.retrieval.ensure_collection(collection, self.embedding.dimension, 1.0)
 
-    async def add_texts(self, collection: str, texts: Mapping[str, str]) -> None:
-        """Stores each text as chunk 0 of a document with the given id."""
+    async def add_texts(
+        self, collection: str, texts: Mapping[str, str], payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Stores each text as chunk 0 of a document with the given id (and extra ``payload``)."""
         await self.add_collection(collection)
         chunks = [
             StoredChunk(
                 id=f"{document_id}#0",
                 vector=self.embedding.vector(text),
-                payload={"document_id": document_id, "chunk_index": 0, "text": text, "source": ""},
+                payload={"document_id": document_id, "chunk_index": 0, "text": text, "source": "", **(payload or {})},
             )
             for document_id, text in texts.items()
         ]

@@ -22,9 +22,7 @@ from ragrail.gateway.backends import ChatTurn, GenerationParams, Passage
 from ragrail.gateway.pipeline import (
     FallbackReason,
     Pipeline,
-    RagPipeline,
     RunResult,
-    SummarizeSentimentPipeline,
     build_pipeline,
     build_prompt,
     parse_label,
@@ -127,11 +125,13 @@ async def test_fake_store_honours_top_k_and_threshold(stack: FakeStack) -> None:
         await stack.retrieval.search("missing", vector, 10, -1.0, 1.0)  # as the gRPC client says it
 
 
-def test_build_pipeline_picks_the_engine_by_kind() -> None:
+def test_a_kind_expands_to_the_stages_its_class_ran() -> None:
     backends = FakeStack().backends
-    assert isinstance(build_pipeline(SPEC, backends, make_runner()), RagPipeline)
+    assert build_pipeline(SPEC, backends, make_runner()).stages == (
+        "moderate_input", "embed", "retrieve", "generate", "moderate_output"
+    )
     summarize = PipelineSpec(name="s", version=1, kind="summarize_sentiment")
-    assert isinstance(build_pipeline(summarize, backends, make_runner()), SummarizeSentimentPipeline)
+    assert build_pipeline(summarize, backends, make_runner()).stages == ("moderate_input", "summarize", "classify")
 
 
 # --- answered path ----------------------------------------------------------------------
@@ -1018,8 +1018,9 @@ async def test_summarize_sentiment_stream_yields_only_the_final_result() -> None
 async def test_summarize_timeout_is_a_canned_answer() -> None:
     generation = FakeGeneration(SUMMARY)
     generation.faults.hang()
-    spec = sentiment_spec()
-    spec = spec.model_copy(update={"generation": spec.generation.model_copy(update={"timeout_s": 0.1})})
+    raw = sentiment_spec().model_dump(exclude={"stages"})
+    raw["generation"]["timeout_s"] = 0.1
+    spec = PipelineSpec.model_validate(raw)
     pipeline = build_pipeline(spec, FakeStack(generation=generation).backends, make_runner())
     result = await pipeline.run(TEXT, deadline())
     assert result.fallback_reason is FallbackReason.STAGE_TIMEOUT

@@ -13,7 +13,7 @@ import pytest
 from ragrail.common.errors import InvalidArgument, NotFound
 from ragrail.gateway.admission import Admission
 from ragrail.gateway.backends import Backends
-from ragrail.gateway.pipeline import Pipeline, RagPipeline, SummarizeSentimentPipeline, build_pipeline
+from ragrail.gateway.pipeline import Pipeline, build_pipeline
 from ragrail.gateway.registry import PipelineRegistry, RegistryLoader, pick_version
 from ragrail.gateway.specs import PipelineSpec, SpecError
 from tests.unit.fakes import FakeStack, make_runner
@@ -180,8 +180,8 @@ def test_loader_builds_the_packaged_pipelines() -> None:
         ("rag", 2),
         ("summarize_sentiment", 1),
     ]
-    assert isinstance(registry.resolve("rag@1"), RagPipeline)
-    assert isinstance(registry.resolve("summarize_sentiment"), SummarizeSentimentPipeline)
+    assert registry.resolve("rag@1").stages == ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
+    assert registry.resolve("summarize_sentiment").stages == ("moderate_input", "summarize", "classify")
     assert registry.routes == {"rag": {1: 90, 2: 10}}
     assert {p.version for p in (registry.resolve("rag", f"c{i}") for i in range(200))} == {1, 2}
     assert registry.is_default(registry.resolve("rag@1")) and not registry.is_default(registry.resolve("rag@2"))
@@ -235,12 +235,12 @@ def test_a_broken_reload_keeps_nothing_and_a_fixed_one_clears_the_error(tmp_path
     (folder / "rag@1.yaml").write_text(good.replace("top_k: 4", "top_kk: 4"))
 
     assert loader.try_reload() is None
-    assert "rag@1.yaml" in loader.last_error and "retrieval.top_kk" in loader.last_error
+    assert "rag@1.yaml:12: stages.2.top_kk: Extra inputs are not permitted" in loader.last_error
 
     (folder / "rag@1.yaml").write_text(good)
     registry = loader.try_reload()
     assert registry is not None and loader.last_error == ""
-    assert registry.resolve("rag@1").spec.retrieval.top_k == 4
+    assert registry.resolve("rag@1").spec.stage("retrieve").top_k == 4
 
 
 def test_load_raises_on_a_broken_folder(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from ragrail.gateway.specs import (
     ClassifySpec,
     GenerationSpec,
     PipelineSpec,
+    Sampling,
     SpecError,
     load_pipeline_dir,
 )
@@ -60,23 +61,28 @@ def test_the_packaged_folder_loads() -> None:
     by_ref = {s.ref: s for s in loaded.specs}
     assert sorted(by_ref) == ["rag@1", "rag@2", "summarize_sentiment@1"]
     assert loaded.routes == {"rag": {1: 90, 2: 10}}
-    assert by_ref["rag@1"].kind == by_ref["rag@2"].kind == "rag"
-    assert by_ref["summarize_sentiment@1"].kind == "summarize_sentiment"
+    assert all(spec.kind is None for spec in by_ref.values()), "packaged specs are stage lists"
+    assert by_ref["rag@1"].stage_names == by_ref["rag@2"].stage_names == (
+        "moderate_input", "embed", "retrieve", "generate", "moderate_output"
+    )
+    assert by_ref["summarize_sentiment@1"].stage_names == ("moderate_input", "summarize", "classify")
 
 
 def test_the_packaged_specs_are_reproducible() -> None:
     for spec in load_pipeline_dir(PACKAGED).specs:
-        for gen in (spec.generation, spec.classify):
-            assert gen.temperature == 0 or gen.seed is not None, spec.ref
+        for stage in spec.stages:
+            if isinstance(stage, Sampling):
+                assert stage.temperature == 0, f"{spec.ref}: {stage.label}"
 
 
 def test_the_packaged_rag_versions_differ_as_documented() -> None:
     by_ref = {s.ref: s for s in load_pipeline_dir(PACKAGED).specs}
     v1, v2 = by_ref["rag@1"], by_ref["rag@2"]
-    assert (v1.retrieval.top_k, v1.retrieval.score_threshold) == (4, 0.35)
-    assert (v2.retrieval.top_k, v2.retrieval.score_threshold) == (3, 0.4)
+    r1, r2 = v1.stage("retrieve"), v2.stage("retrieve")
+    assert (r1.top_k, r1.score_threshold) == (4, 0.35)
+    assert (r2.top_k, r2.score_threshold) == (3, 0.4)
     assert v1.cache.ttl_s == 0 and v2.cache.ttl_s > 0
-    assert v1.generation.system_prompt != v2.generation.system_prompt
+    assert v1.stage("generate").system_prompt != v2.stage("generate").system_prompt
 
 
 def test_the_default_settings_point_at_the_packaged_folder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,10 +106,12 @@ def test_a_minimal_spec_takes_documented_defaults(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ("top_k: 4", "top_kk: 4", "retrieval.top_kk"),
-        ("budget_s: 60", "budget_s: 60\nbogus: 1", "bogus"),
-        ("max_new_tokens: 160", "max_new_tokens: 160\n  temprature: 0", "generation.temprature"),
-        ('retrieval_miss: "', 'retreival_miss: "', "fallbacks.retreival_miss"),
+        ("top_k: 4", "top_kk: 4", "rag@1.yaml:12: stages.2.top_kk"),
+        ("budget_s: 60", "budget_s: 60\nbogus: 1", "rag@1.yaml:6: bogus"),
+        ("max_new_tokens: 160", "max_new_tokens: 160\n    temprature: 0", "rag@1.yaml:16: stages.3.temprature"),
+        ('retrieval_miss: "', 'retreival_miss: "', "rag@1.yaml:21: fallbacks.retreival_miss"),
+        ("type: embed", "type: rerank", "rag@1.yaml:9: stages.1: Input tag 'rerank' found using 'type' does not match"),
+        ("check: output", "check: outptu", "rag@1.yaml:19: stages.4.check: Input should be 'input' or 'output'"),
     ],
 )
 def test_an_unknown_key_is_rejected_with_file_and_field(folder: Path, old: str, new: str, field: str) -> None:
@@ -112,20 +120,20 @@ def test_an_unknown_key_is_rejected_with_file_and_field(folder: Path, old: str, 
         load_pipeline_dir(folder)
     message = str(caught.value)
     assert "rag@1.yaml" in message
-    assert f"{field}:" in message
+    assert field in message
     assert "rag@2.yaml" not in message, "only the broken file is blamed"
 
 
 def test_an_invalid_value_is_rejected_with_file_and_field(folder: Path) -> None:
     edit(folder / "rag@2.yaml", "top_k: 3", "top_k: 0")
-    with pytest.raises(SpecError, match=r"rag@2\.yaml: retrieval\.top_k"):
+    with pytest.raises(SpecError, match=r"rag@2\.yaml:12: stages\.2\.top_k: Input should be greater than or equal to 1"):
         load_pipeline_dir(folder)
 
 
 @pytest.mark.parametrize("section", ["generation", "classify"])
 def test_sampling_without_a_seed_is_rejected(folder: Path, section: str) -> None:
     only(folder, ("s@1.yaml", f"name: s\nversion: 1\nkind: summarize_sentiment\n{section}:\n  temperature: 0.7\n"))
-    with pytest.raises(SpecError, match=rf"s@1\.yaml: {section}: .*seed"):
+    with pytest.raises(SpecError, match=rf"s@1\.yaml:4: {section}: .*seed"):
         load_pipeline_dir(folder)
 
 
@@ -141,7 +149,7 @@ def test_sampling_with_a_seed_is_accepted() -> None:
 @pytest.mark.parametrize("name", ["Rag", "1rag", "rag@1", "rag bot", "", "r" * 65, "rag/1"])
 def test_a_bad_name_is_rejected(folder: Path, name: str) -> None:
     only(folder, ("x.yaml", f"name: '{name}'\nversion: 1\nkind: rag\n"))
-    with pytest.raises(SpecError, match=r"x\.yaml: .*name"):
+    with pytest.raises(SpecError, match=r"x\.yaml:1: spec: .*name"):
         load_pipeline_dir(folder)
     with pytest.raises(ValidationError):
         PipelineSpec(name=name, version=1, kind="rag")
@@ -219,7 +227,7 @@ def test_one_broken_file_rejects_the_whole_folder(folder: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_pipeline_dir(folder)
     assert "summarize_sentiment@1.yaml" in str(caught.value)
-    assert "classify.retries_on_invalid" in str(caught.value)
+    assert "stages.2.retries_on_invalid" in str(caught.value)
 
 
 def test_every_problem_is_reported_at_once(folder: Path) -> None:
@@ -267,12 +275,12 @@ def test_try_reload_keeps_none_and_the_error_on_a_broken_folder(folder: Path) ->
     assert "rag@2.yaml" in loader.last_error and "seed" in loader.last_error
     assert not loader.changed(), "the broken folder was seen; it is not retried until edited again"
 
-    edit(folder / "rag@2.yaml", "temperature: 0.9", "temperature: 0.9\n  seed: 7")
+    edit(folder / "rag@2.yaml", "temperature: 0.9", "temperature: 0.9\n    seed: 7")
     bump_mtime(folder / "rag@2.yaml")
     assert loader.changed()
     registry = loader.try_reload()
     assert registry is not None and loader.last_error == ""
-    assert registry.resolve("rag@2").spec.generation.seed == 7
+    assert registry.resolve("rag@2").spec.stage("generate").seed == 7
 
 
 def test_changed_notices_an_edited_added_or_removed_file(folder: Path) -> None:
@@ -301,3 +309,62 @@ def test_changed_ignores_files_that_are_not_specs(folder: Path) -> None:
     loader.load()
     write(folder, "README.md", "notes")
     assert not loader.changed()
+
+
+# --- the published JSON schema ---------------------------------------------------------------
+
+
+def test_the_json_schema_accepts_every_spec_the_loader_accepts_and_rejects_unknown_stages() -> None:
+    import jsonschema
+    import yaml
+
+    from ragrail.gateway.specs import pipeline_json_schema
+
+    validator = jsonschema.Draft202012Validator(pipeline_json_schema())
+    examples = Path(__file__).parent / "data" / "examples"
+    for path in [*PACKAGED.glob("*@*.yaml"), *examples.glob("*.yaml")]:
+        raw = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(raw)), path.name
+    raw = yaml.safe_load((PACKAGED / "rag@1.yaml").read_text())
+    raw["stages"].append({"type": "rerank", "top_n": 2})
+    assert list(validator.iter_errors(raw))
+    raw["stages"][-1] = {"type": "embed", "bogus": 1}
+    assert list(validator.iter_errors(raw))
+
+
+def test_kind_and_stages_together_are_rejected(folder: Path) -> None:
+    only(folder, ("x@1.yaml", "name: x\nversion: 1\nkind: rag\nstages:\n  - {type: embed}\n"))
+    with pytest.raises(SpecError, match=r"x@1\.yaml:1: spec: .*stages or kind"):
+        load_pipeline_dir(folder)
+
+
+@pytest.mark.parametrize(
+    ("stages", "reason"),
+    [
+        ("  - {type: retrieve}\n", "needs an embed stage before it"),
+        ("  - {type: generate}\n", "grounded prompt needs a retrieve stage"),
+        ("  - {type: generate, prompt: plain, stream: true}\n  - {type: classify}\n",
+         "only output moderate stages may follow a streaming generate"),
+        ("  - {type: moderate, check: input}\n  - {type: moderate, check: input}\n", "used twice"),
+        ("  - {type: classify, input: query}\n  - {type: route, routes: {positive: {answer: sure}}}\n",
+         "no route for labels"),
+        ("  - {type: classify, input: query, labels: [a, b], examples: []}\n"
+         "  - {type: route, routes: {a: {pipeline: nowhere@1}}, default: {answer: x}}\n", "nowhere@1: no such"),
+    ],
+)
+def test_stage_lists_are_checked_as_a_whole(folder: Path, stages: str, reason: str) -> None:
+    only(folder, ("x@1.yaml", f"name: x\nversion: 1\nstages:\n{stages}"))
+    with pytest.raises(SpecError, match=reason) as caught:
+        load_pipeline_dir(folder)
+    assert "x@1.yaml" in str(caught.value)
+
+
+def test_routes_that_loop_are_rejected(folder: Path) -> None:
+    route = "  - {{type: classify, input: query, labels: [a, b], examples: []}}\n  - {{type: route, routes: {{a: {{pipeline: {0}}}}}, default: {{answer: x}}}}\n"
+    only(
+        folder,
+        ("x@1.yaml", "name: x\nversion: 1\nstages:\n" + route.format("y@1")),
+        ("y@1.yaml", "name: y\nversion: 1\nstages:\n" + route.format("x@1")),
+    )
+    with pytest.raises(SpecError, match=r"routes form a loop: x@1 -> y@1 -> x@1"):
+        load_pipeline_dir(folder)

@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--config", type=Path)
     prep.set_defaults(func=_cmd_prepare)
 
+    migrate = sub.add_parser(
+        "migrate-store",
+        help="move an embedded store written by qdrant-client's local mode into the embedded engine",
+        description="Stop the stack first: the store has one owner. The old files are kept in a backup folder.",
+    )
+    migrate.add_argument("--config", type=Path)
+    migrate.add_argument("--path", type=Path, help="the store folder (default: the config's qdrant path)")
+    migrate.set_defaults(func=_cmd_migrate_store)
+
     ingest = sub.add_parser("ingest", help="add .txt, .md and .html files (or folders of them)")
     ingest.add_argument("paths", nargs="+", type=Path)
     _client_args(ingest, timeout=600)
@@ -73,9 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     _client_args(ask, timeout=60)
     ask.set_defaults(func=_cmd_ask)
 
-    pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
+    pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines; validate or show specs")
     _client_args(pipelines, timeout=10)
     pipelines.set_defaults(func=_cmd_pipelines)
+    specs = pipelines.add_subparsers(dest="action", metavar="{validate,show}")
+    validate = specs.add_parser("validate", help="check a folder of pipeline specs (exit 1 naming file and line)")
+    validate.add_argument("dir", type=Path)
+    validate.set_defaults(func=_cmd_pipelines_validate)
+    show = specs.add_parser("show", help="print a version's expanded stage list (YAML)")
+    show.add_argument("ref", help="name@version")
+    show.add_argument("--dir", type=Path, help="folder of pipeline specs (default: the config's)")
+    show.add_argument("--config", type=Path)
+    show.set_defaults(func=_cmd_pipelines_show)
 
     status = sub.add_parser("status", help="pipelines, traffic splits, circuit breakers, services")
     _client_args(status, timeout=10)
@@ -161,6 +179,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate_store(args: argparse.Namespace) -> int:
+    from ragrail.retrieval.edge import migrate_local_store
+
+    path = args.path or _settings(args).qdrant_path
+    copied = migrate_local_store(str(path), progress=lambda line: print(line, flush=True))
+    for name, count in copied.items():
+        print(f"{name}: {count} points migrated")
+    print(f"{path}: now the embedded engine's store ({len(copied)} collection(s))")
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from ragrail.common.models import prepare_builtin_models
     from ragrail.stack import LocalStack, service_statuses
@@ -236,10 +265,24 @@ async def _serve_gateway(
             flush=True,
         )
         await stop.wait()
-        log.info("shutting down")
+        await _drain(gateway, stop, settings.gateway.shutdown_grace_s)
     finally:
-        await gateway.stop()
+        await gateway.stop(0)  # returns at once when the drain finished; else cancels what is left
     return 0
+
+
+async def _drain(gateway: object, stop: asyncio.Event, grace_s: float) -> None:
+    """Lets calls in flight finish (up to ``grace_s``); a second signal cuts it short."""
+    log.info("shutting down: new calls refused, calls in flight get up to %.0f s (Ctrl-C again: stop now)", grace_s)
+    stop.clear()
+    drain = asyncio.ensure_future(gateway.stop())  # type: ignore[attr-defined]
+    again = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        log.info("stopping now")
+        await gateway.stop(0)  # type: ignore[attr-defined]
+        await drain
+    again.cancel()
 
 
 async def _ingest_sample_if_empty(gateway: object, settings: object) -> None:
@@ -373,6 +416,38 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
         print(f"{p.name}@{p.version}{default}: {p.description}  [{' -> '.join(p.stages)}]")
     return 0
 
+
+
+def _cmd_pipelines_validate(args: argparse.Namespace) -> int:
+    from ragrail.gateway.specs import SpecError, load_pipeline_dir
+
+    try:
+        loaded = load_pipeline_dir(args.dir)
+    except SpecError as exc:
+        for problem in str(exc).split("; "):
+            print(f"{args.dir}/{problem}" if ".y" in problem.split(":")[0] else problem, file=sys.stderr)
+        return 1
+    for spec in loaded.specs:
+        print(f"{spec.ref}: ok  [{' -> '.join(spec.stage_names)}]" + ("  (kind: shorthand, deprecated)" if spec.kind else ""))
+    return 0
+
+
+def _cmd_pipelines_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ragrail.gateway.specs import SpecError, load_pipeline_dir
+
+    folder = args.dir or _settings(args).pipelines_path
+    try:
+        specs = {s.ref: s for s in load_pipeline_dir(folder).specs}
+    except SpecError as exc:
+        print(f"ragrail: {folder}: {exc}", file=sys.stderr)
+        return 1
+    if args.ref not in specs:
+        print(f"ragrail: no {args.ref} in {folder}; there are: {', '.join(sorted(specs))}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(specs[args.ref].expanded(), sort_keys=False, width=100), end="")
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

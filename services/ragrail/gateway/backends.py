@@ -6,7 +6,7 @@ them over gRPC, and unit tests implement them with fakes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,8 +88,16 @@ class RetrievalBackend(Protocol):
     async def count(self, collection: str, timeout: float) -> int: ...
 
     async def search(
-        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
-    ) -> list[Passage]: ...
+        self,
+        collection: str,
+        vector: Sequence[float],
+        top_k: int,
+        threshold: float,
+        timeout: float,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[Passage]:
+        """``filters``: payload key -> exact keyword, integer or boolean, or a list of keywords."""
+        ...
 
     async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int: ...
 

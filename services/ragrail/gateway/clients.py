@@ -8,7 +8,8 @@ service cannot outlive the request that needed it.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -159,7 +160,13 @@ class RetrievalClient(_Client):
             raise map_rpc_error(self.application, error) from None
 
     async def search(
-        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float
+        self,
+        collection: str,
+        vector: Sequence[float],
+        top_k: int,
+        threshold: float,
+        timeout: float,
+        filters: Mapping[str, Any] | None = None,
     ) -> list[Passage]:
         request = retrieval_pb2.SearchRequest(
             collection=collection,
@@ -168,6 +175,8 @@ class RetrievalClient(_Client):
             score_threshold=threshold,
             payload_fields=["document_id", "text", "chunk_index"],
         )
+        if filters:
+            request.filter.CopyFrom(retrieval_pb2.Filter(must=[_condition(k, v) for k, v in filters.items()]))
         response = await self._read(self.stub.Search, request, timeout, collection)
         passages = []
         for point in response.points:  # type: ignore[attr-defined]
@@ -206,6 +215,17 @@ class RetrievalClient(_Client):
             ),
         )
         await self._call(self.stub.Delete, request, timeout)
+
+
+def _condition(key: str, value: Any) -> Any:
+    """A spec's filter value as a retrieval Condition (bool before int: YAML's true is a bool)."""
+    if isinstance(value, bool):
+        return retrieval_pb2.Condition(key=key, boolean=value)
+    if isinstance(value, int):
+        return retrieval_pb2.Condition(key=key, integer=value)
+    if isinstance(value, list | tuple):
+        return retrieval_pb2.Condition(key=key, any=retrieval_pb2.MatchAny(values=[str(v) for v in value]))
+    return retrieval_pb2.Condition(key=key, keyword=str(value))
 
 
 class GenerationClient(_Client):

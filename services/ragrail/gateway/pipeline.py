@@ -1,42 +1,47 @@
-"""Pipeline engines: plain Python over injected backends and a stage runner.
+"""The pipeline engine: runs a version's typed stage list (``specs.Stage``) over injected
+backends, the same code for Run and RunStream.
 
-``rag``: moderate input -> embed -> retrieve -> (miss? canned) -> generate
-with per-request tags -> moderate output.
-``summarize_sentiment``: moderate input -> summarize -> classify the summary
-as one of the spec's labels (invalid output: retry, then canned).
+Each stage type has one executor below (``EXECUTORS``); every backend call goes through
+``StageRunner`` (deadline slice, retries, breaker, timing, tracing). Stages share a
+typed ``RunContext``: the query, passages, answer, labels, outputs, usage and timings.
+
+In RunStream a streaming ``generate`` sends its text in windows, each released only
+once the output ``moderate`` stages after it passed it (``_stream_generate``); a
+``route`` to another pipeline forwards that pipeline's stream.
 
 Canned answers are outcomes, not errors: a result says which reason and why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import hmac
 import secrets
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import require
+from ragrail.common.errors import FailedPrecondition, require
 from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage, TokenUsage
 from ragrail.gateway.cache import TtlCache, normalise
-from ragrail.gateway.specs import GenerationSpec, PipelineSpec, StageSpec
-from ragrail.gateway.stages import (
-    BackendUnavailable,
-    StageFailure,
-    StageRunner,
+from ragrail.gateway.specs import (
+    ClassifyStage,
+    EmbedStage,
+    GenerateStage,
+    ModerateStage,
+    PipelineSpec,
+    RetrieveStage,
+    RouteStage,
+    Sampling,
+    StageSpec,
+    route_source,
 )
+from ragrail.gateway.stages import StageFailure, StageRunner
 
 T = TypeVar("T")
-INPUT_CATEGORIES = ("toxicity", "prompt_injection")
-OUTPUT_CATEGORIES = ("toxicity", "pii")  # an answer must not leak personal data
 # RunStream checks each window with this much text either side and holds it back on the
 # right: longer than a card or phone number, so one cut at an edge is seen whole before
 # any of it is released.
@@ -77,6 +82,27 @@ class RunResult:
         return self.fallback_reason is not None
 
 
+@dataclass
+class RunContext:
+    """What the stages of one run read and write."""
+
+    query: str
+    deadline: Deadline
+    streaming: bool = False
+    vector: list[float] | None = None
+    passages: list[Passage] = field(default_factory=list)
+    answer: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # classify stage -> label
+    outputs: dict[str, str] = field(default_factory=dict)
+    usage: TokenUsage = TokenUsage()
+    timings: dict[str, float] = field(default_factory=dict)
+    released: str = ""  # streamed to the client so far
+    routed: RunResult | None = None  # a route stage's target's result
+
+    def text(self, source: str) -> str:
+        return self.query if source == "query" else self.answer
+
+
 class Fallback(Exception):
     """Ends a run early with a canned answer."""
 
@@ -92,7 +118,7 @@ class Fallback(Exception):
 
 
 class Pipeline:
-    """What every kind shares: validation, caching, stage calls, canned answers."""
+    """One version: validation, caching, and the engine over its stage list."""
 
     def __init__(
         self, spec: PipelineSpec, backends: Backends, runner: StageRunner, tag_key: bytes = b""
@@ -102,6 +128,8 @@ class Pipeline:
         self.backends = backends
         self.runner = runner
         self.cache: TtlCache[RunResult] = TtlCache(spec.cache.ttl_s, spec.cache.max_entries)
+        # Route stages find their targets here; the registry binds it (PipelineRegistry).
+        self.resolve: Callable[[str], Pipeline] | None = None
 
     @property
     def name(self) -> str:
@@ -113,12 +141,12 @@ class Pipeline:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        return self.spec.stage_names
 
     @property
-    def collection(self) -> str | None:
-        """The retrieval collection it searches, if any."""
-        return None
+    def collections(self) -> tuple[str, ...]:
+        """The retrieval collections it searches."""
+        return self.spec.collections
 
     def validate(self, text: str) -> str:
         text = text.strip()
@@ -133,96 +161,267 @@ class Pipeline:
         cached = self.cache.get(key)
         if cached is not None:
             return replace(cached, cached=True, timings={}, usage=TokenUsage())  # no model ran
-        result = self._new_result()
-        try:
-            await self._run(query, deadline, result)
-        except Fallback as fb:
-            self._canned(result, fb)
-        except StageFailure as failure:
-            self._canned(result, Fallback.of(failure))
+        result: RunResult | None = None
+        async with aclosing(self._execute(query, deadline, streaming=False)) as events:
+            async for event in events:
+                if isinstance(event, RunResult):
+                    result = event
+        assert result is not None, "the engine always ends with a result"
         if result.fallback_reason in CACHEABLE:
             self.cache.put(key, result)
         return result
 
     async def run_stream(self, query: str, deadline: Deadline) -> AsyncIterator[str | RunResult]:
-        """Yields text deltas, then the final RunResult. Only ``rag`` streams tokens;
-        other kinds yield their final result alone."""
-        yield await self.run(query, deadline)
+        """Yields text deltas, then the final RunResult.
 
-    async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
-        raise NotImplementedError
+        Generated text is held back until its window is checked, so a client never
+        receives a character output moderation has not seen (without output moderate
+        stages, tokens go out as they come). A flagged window, or a stage failure after
+        text went out, ends the stream with the canned final event ``Run`` would give,
+        with ``replace_streamed`` set when text was released. A version without a
+        streaming generate yields its final result alone.
+        """
+        query = self.validate(query)
+        async with aclosing(self._execute(query, deadline, streaming=True)) as events:
+            async for event in events:
+                yield event
 
-    # -- helpers for subclasses ------------------------------------------------
+    async def _execute(self, query: str, deadline: Deadline, *, streaming: bool) -> AsyncIterator[str | RunResult]:
+        ctx = RunContext(query, deadline, streaming)
+        stages = self.spec.stages
+        try:
+            i = 0
+            while i < len(stages):
+                stage = stages[i]
+                if streaming and isinstance(stage, GenerateStage) and stage.stream:
+                    checks = [s for s in stages[i + 1 :] if isinstance(s, ModerateStage)]
+                    async with aclosing(self._stream_generate(stage, checks, ctx)) as deltas:
+                        async for delta in deltas:
+                            yield delta
+                    i = len(stages)  # only output moderate stages follow (specs.check_stages)
+                    continue
+                if isinstance(stage, RouteStage):
+                    async with aclosing(self._route(stage, ctx)) as deltas:
+                        async for delta in deltas:
+                            yield delta
+                else:
+                    await EXECUTORS[type(stage)](self, stage, ctx)
+                i += 1
+        except Fallback as fb:
+            yield self._canned(ctx, fb)
+            return
+        except StageFailure as failure:  # a backend failed: fail closed, with the reason
+            yield self._canned(ctx, Fallback.of(failure))
+            return
+        yield self._result(ctx)
 
-    def _new_result(self) -> RunResult:
-        return RunResult(answer="", pipeline=self.name, version=self.version)
+    def _result(self, ctx: RunContext) -> RunResult:
+        if ctx.routed is not None:
+            return ctx.routed
+        return RunResult(
+            answer=ctx.answer, pipeline=self.name, version=self.version, citations=ctx.passages,
+            outputs=ctx.outputs, timings=ctx.timings, usage=ctx.usage,
+        )
 
-    async def _stage(
-        self,
-        result: RunResult,
-        stage: str,
-        service: str,
-        spec: StageSpec,
-        fn: Callable[[float], Awaitable[T]],
-        deadline: Deadline,
-        *,
-        idempotent: bool = True,
+    def _canned(self, ctx: RunContext, fb: Fallback) -> RunResult:
+        return RunResult(
+            answer=getattr(self.spec.fallbacks, fb.reason.value),
+            pipeline=self.name,
+            version=self.version,
+            fallback_reason=fb.reason,
+            failed_stage=fb.stage,
+            moderation_flags=list(fb.flags),
+            timings=ctx.timings,
+            usage=ctx.usage,
+            replace_streamed=bool(ctx.released),
+        )
+
+    # -- stage calls ---------------------------------------------------------------------
+
+    async def _call(
+        self, ctx: RunContext, stage: str, service: str, spec: StageSpec | Sampling,
+        fn: Callable[[float], Awaitable[T]], *, idempotent: bool = True,
     ) -> T:
-        backend = self.backends.names[service]
-        with _timed(result.timings, stage), tracing.stage_span(stage, backend) as span:
-            return await self.runner.call(
-                stage,
-                backend,
-                tracing.traced_attempts(span, fn),
-                timeout_s=spec.timeout_s,
-                retries=spec.retries if idempotent else 0,
-                deadline=deadline,
-            )
+        return await self.runner.run(
+            stage, self.backends.names[service], fn, timeout_s=spec.timeout_s,
+            retries=spec.retries if idempotent else 0, deadline=ctx.deadline, timings=ctx.timings,
+        )
 
     async def _generate(
-        self,
-        result: RunResult,
-        stage: str,
-        spec: StageSpec,
-        messages: list[ChatTurn],
-        params: GenerationParams,
-        deadline: Deadline,
+        self, ctx: RunContext, stage: str, spec: Sampling, messages: list[ChatTurn], params: GenerationParams
     ) -> str:
-        generated = await self._stage(
-            result, stage, "generation", spec,
-            lambda t: self.backends.generation.generate(messages, params, t), deadline,
+        generated = await self._call(
+            ctx, stage, "generation", spec, lambda t: self.backends.generation.generate(messages, params, t)
         )
-        result.usage += generated.usage
+        ctx.usage += generated.usage
         return generated.text
 
-    async def _moderate(
-        self, result: RunResult, stage: str, texts: list[str], categories: tuple[str, ...], deadline: Deadline
-    ) -> None:
+    async def _check(self, ctx: RunContext, stage: ModerateStage, texts: list[str]) -> None:
         """Raises Fallback when any of ``texts`` is flagged (one call for all of them)."""
-        verdicts = await self._stage(
-            result,
-            stage,
-            "moderation",
-            self.spec.moderation,
-            lambda t: self.backends.moderation.moderate(texts, categories, t),
-            deadline,
+        verdicts = await self._call(
+            ctx, stage.label, "moderation", stage,
+            lambda t: self.backends.moderation.moderate(texts, stage.checked, t),
         )
-        flags = tuple(dict.fromkeys(c for v in verdicts if v.flagged for c in v.categories))
         if any(v.flagged for v in verdicts):
-            reason = FallbackReason.INPUT_FLAGGED if stage == "moderate_input" else FallbackReason.OUTPUT_FLAGGED
-            raise Fallback(reason, stage, flags)
+            flags = tuple(dict.fromkeys(c for v in verdicts if v.flagged for c in v.categories))
+            reason = FallbackReason.INPUT_FLAGGED if stage.check == "input" else FallbackReason.OUTPUT_FLAGGED
+            raise Fallback(reason, stage.label, flags)
 
-    def _canned(self, result: RunResult, fb: Fallback) -> RunResult:
-        result.fallback_reason = fb.reason
-        result.failed_stage = fb.stage
-        result.moderation_flags = list(fb.flags)
-        result.citations = []
-        result.outputs = {}
-        result.answer = getattr(self.spec.fallbacks, fb.reason.value)
-        return result
+    # -- executors, one per stage type ---------------------------------------------------------
+
+    async def _moderate(self, stage: ModerateStage, ctx: RunContext) -> None:
+        if stage.check == "input":
+            await self._check(ctx, stage, [ctx.query])
+        elif ctx.answer:
+            await self._check(ctx, stage, [ctx.answer])
+
+    async def _embed(self, stage: EmbedStage, ctx: RunContext) -> None:
+        [ctx.vector] = await self._call(
+            ctx, stage.label, "embedding", stage, lambda t: self.backends.embedding.embed([ctx.query], t)
+        )
+
+    async def _retrieve(self, stage: RetrieveStage, ctx: RunContext) -> None:
+        vector = ctx.vector
+        assert vector is not None  # an embed stage came first (specs.check_stages)
+        filters = stage.filters or None
+        ctx.passages = await self._call(
+            ctx, stage.label, "retrieval", stage,
+            lambda t: self.backends.retrieval.search(
+                stage.collection, vector, stage.top_k, stage.score_threshold, t,
+                **({"filters": filters} if filters else {}),
+            ),
+        )
+        if not ctx.passages:
+            raise Fallback(FallbackReason.RETRIEVAL_MISS, stage.label)
+
+    async def _generate_stage(self, stage: GenerateStage, ctx: RunContext) -> None:
+        text = await self._generate(ctx, stage.label, stage, self._prompt(stage, ctx), generation_params(stage))
+        self._answered(stage, ctx, text)
+
+    def _prompt(self, stage: GenerateStage, ctx: RunContext) -> list[ChatTurn]:
+        if stage.prompt == "grounded":
+            return build_prompt(stage.system_prompt, ctx.text(stage.input), ctx.passages, self.tag_key)
+        return [ChatTurn("system", stage.system_prompt), ChatTurn("user", ctx.text(stage.input))]
+
+    @staticmethod
+    def _answered(stage: GenerateStage, ctx: RunContext, text: str) -> None:
+        ctx.answer = text.strip()
+        if stage.output:
+            ctx.outputs[stage.output] = ctx.answer
+
+    async def _classify(self, stage: ClassifyStage, ctx: RunContext) -> None:
+        text = ctx.text(stage.input)
+        messages = [ChatTurn("system", stage.system_prompt)]
+        for example in stage.examples:
+            messages += [ChatTurn("user", f"Text: {example.text}"), ChatTurn("assistant", example.label)]
+        messages.append(ChatTurn("user", f"Text: {text or '(empty)'}"))
+        for attempt in range(stage.retries_on_invalid + 1):
+            # A retry must differ from the greedy first try: sample with a fixed seed.
+            params = generation_params(stage)
+            if attempt:
+                params = replace(params, temperature=0.7, seed=(stage.seed or 0) + attempt)
+            label = parse_label(await self._generate(ctx, stage.label, stage, messages, params), stage.labels)
+            if label is not None:
+                ctx.labels[stage.label] = label
+                if stage.output:
+                    ctx.outputs[stage.output] = label
+                if stage.answer:
+                    ctx.answer = label
+                return
+        raise Fallback(FallbackReason.INVALID_OUTPUT, stage.label)
+
+    async def _route(self, stage: RouteStage, ctx: RunContext) -> AsyncIterator[str]:
+        label = ctx.labels[route_source(self.spec.stages, stage).label]
+        target = stage.routes.get(label) or stage.default
+        assert target is not None  # every label has a route or there is a default (specs.check_stages)
+        ctx.outputs[stage.label] = target.pipeline or "answer"
+        if target.answer is not None:
+            ctx.answer = target.answer
+            return
+        if self.resolve is None:
+            raise FailedPrecondition(f"{self.spec.ref}: route {stage.label} has no registry to find {target.pipeline}")
+        pipeline = self.resolve(target.pipeline or "")
+        result: RunResult | None = None
+        events = pipeline.run_stream(ctx.query, ctx.deadline) if ctx.streaming else _once(pipeline, ctx)
+        async with aclosing(events) as stream:
+            async for event in stream:
+                if isinstance(event, RunResult):
+                    result = event
+                else:
+                    yield event
+        assert result is not None
+        prefix = f"{pipeline.spec.ref}/"
+        ctx.routed = replace(
+            result,
+            pipeline=self.name,
+            version=self.version,
+            outputs={**ctx.outputs, **result.outputs},
+            timings={**ctx.timings, **{prefix + k: v for k, v in result.timings.items()}},
+            usage=ctx.usage + result.usage,
+            failed_stage=prefix + result.failed_stage if result.failed_stage else "",
+            cached=False,
+        )
+
+    async def _stream_generate(
+        self, stage: GenerateStage, checks: list[ModerateStage], ctx: RunContext
+    ) -> AsyncIterator[str]:
+        """Streams the answer, each window released once every check in ``checks`` passed it."""
+        messages, params = self._prompt(stage, ctx), generation_params(stage)
+        window = min((c.stream_window_chars for c in checks), default=0)
+        pending = ""  # generated, not yet checked and sent
+        stream = self.runner.stream(
+            stage.label, self.backends.names["generation"],
+            lambda t: self.backends.generation.generate_stream(messages, params, t),
+            timeout_s=stage.timeout_s, deadline=ctx.deadline, timings=ctx.timings,
+        )
+        # aclosing: a consumer that stops early closes the backend stream now, not at GC.
+        async with aclosing(stream) as items:
+            async for item in items:
+                if isinstance(item, TokenUsage):  # the stream's last item
+                    ctx.usage += item
+                    continue
+                if not checks:
+                    ctx.released += item
+                    yield item
+                    continue
+                pending += item
+                if len(pending) < window + STREAM_HOLD_CHARS:
+                    continue
+                # Check the window with the released text before it and the held text after
+                # it, then release the window only: text cut at either edge is seen whole.
+                cut = _release_point(pending, STREAM_HOLD_CHARS)
+                for check in checks:
+                    await self._check(ctx, check, [ctx.released[-STREAM_HOLD_CHARS:] + pending])
+                chunk, pending = pending[:cut], pending[cut:]
+                ctx.released += chunk
+                yield chunk
+        answer = (ctx.released + pending).strip()
+        if answer:
+            # The whole answer, as Run checks it; a classifier may read only the head of a long
+            # text, so the unreleased tail is checked on its own in the same call.
+            tail = ctx.released[-STREAM_HOLD_CHARS:] + pending if ctx.released and pending.strip() else ""
+            for check in checks:
+                await self._check(ctx, check, [tail, answer] if tail.strip() else [answer])
+        self._answered(stage, ctx, answer)
+        if pending:
+            ctx.released += pending
+            yield pending
 
 
-def generation_params(spec: GenerationSpec, stop: tuple[str, ...] = ()) -> GenerationParams:
+EXECUTORS: dict[type, Callable[[Pipeline, Any, RunContext], Awaitable[None]]] = {
+    ModerateStage: Pipeline._moderate,
+    EmbedStage: Pipeline._embed,
+    RetrieveStage: Pipeline._retrieve,
+    GenerateStage: Pipeline._generate_stage,
+    ClassifyStage: Pipeline._classify,
+}
+
+
+async def _once(pipeline: Pipeline, ctx: RunContext) -> AsyncIterator[RunResult]:
+    yield await pipeline.run(ctx.query, ctx.deadline)
+
+
+def generation_params(spec: Sampling, stop: tuple[str, ...] = ()) -> GenerationParams:
     return GenerationParams(
         max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature,
@@ -230,151 +429,6 @@ def generation_params(spec: GenerationSpec, stop: tuple[str, ...] = ()) -> Gener
         seed=spec.seed,
         stop=stop,
     )
-
-
-class RagPipeline(Pipeline):
-    @property
-    def stages(self) -> tuple[str, ...]:
-        return ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
-
-    @property
-    def collection(self) -> str | None:
-        return self.spec.retrieval.collection
-
-    async def _run(self, query: str, deadline: Deadline, result: RunResult) -> None:
-        messages = await self._prepare(query, deadline, result)
-        gen = self.spec.generation
-        answer = await self._generate(result, "generate", gen, messages, generation_params(gen), deadline)
-        await self._finish(answer, deadline, result)
-
-    async def _prepare(self, query: str, deadline: Deadline, result: RunResult) -> list[ChatTurn]:
-        if self.spec.moderation.input:
-            await self._moderate(result, "moderate_input", [query], INPUT_CATEGORIES, deadline)
-        [vector] = await self._stage(
-            result, "embed", "embedding", self.spec.embedding,
-            lambda t: self.backends.embedding.embed([query], t), deadline,
-        )
-        r = self.spec.retrieval
-        passages = await self._stage(
-            result, "retrieve", "retrieval", r,
-            lambda t: self.backends.retrieval.search(r.collection, vector, r.top_k, r.score_threshold, t),
-            deadline,
-        )
-        if not passages:
-            raise Fallback(FallbackReason.RETRIEVAL_MISS, "retrieve")
-        result.citations = passages
-        return build_prompt(self.spec.generation.system_prompt, query, passages, self.tag_key)
-
-    async def _finish(self, answer: str, deadline: Deadline, result: RunResult, tail: str = "") -> None:
-        """Moderates the whole answer (and ``tail``, its unreleased end, in the same call)."""
-        answer = answer.strip()
-        if answer and self.spec.moderation.output:
-            # A classifier may read only the head of a long text: the tail is checked on its own.
-            texts = [tail, answer] if tail.strip() else [answer]
-            await self._moderate(result, "moderate_output", texts, OUTPUT_CATEGORIES, deadline)
-        result.answer = answer
-
-    async def run_stream(self, query: str, deadline: Deadline) -> AsyncIterator[str | RunResult]:
-        """Streams the answer in windows that have passed output moderation.
-
-        Generated text is held back until its window is checked, so a client never
-        receives a character moderation has not seen (with output moderation off,
-        tokens go out as they come). A flagged window, or a stage failure after text
-        went out, ends the stream with the canned final event ``Run`` would give,
-        with ``replace_streamed`` set when text was released.
-        """
-        query = self.validate(query)
-        result = self._new_result()
-        try:
-            messages = await self._prepare(query, deadline, result)
-        except Fallback as fb:
-            yield self._canned(result, fb)
-            return
-        except StageFailure as failure:
-            yield self._canned(result, Fallback.of(failure))
-            return
-        check = self.spec.moderation.output
-        window = self.spec.moderation.stream_window_chars
-        released = ""  # sent to the client
-        pending = ""  # generated, not yet checked and sent
-        try:
-            # aclosing: a consumer that stops early closes the backend stream now, not at GC.
-            async with aclosing(self._stream_tokens(messages, deadline, result)) as tokens:
-                async for delta in tokens:
-                    if not check:
-                        released += delta
-                        yield delta
-                        continue
-                    pending += delta
-                    if len(pending) < window + STREAM_HOLD_CHARS:
-                        continue
-                    # Check the window with the released text before it and the held text after
-                    # it, then release the window only: text cut at either edge is seen whole.
-                    cut = _release_point(pending, STREAM_HOLD_CHARS)
-                    await self._moderate(
-                        result, "moderate_output", [released[-STREAM_HOLD_CHARS:] + pending],
-                        OUTPUT_CATEGORIES, deadline,
-                    )
-                    chunk, pending = pending[:cut], pending[cut:]
-                    released += chunk
-                    yield chunk
-            tail = released[-STREAM_HOLD_CHARS:] + pending if released and pending.strip() else ""
-            await self._finish(released + pending, deadline, result, tail)
-        except Fallback as fb:  # flagged text
-            self._canned(result, fb)
-            result.replace_streamed = bool(released)
-        except StageFailure as failure:  # generation or moderation failed: fail closed, as Run does
-            self._canned(result, Fallback.of(failure))
-            result.replace_streamed = bool(released)
-        else:
-            if pending:
-                yield pending
-        yield result
-
-    async def _stream_tokens(
-        self, messages: list[ChatTurn], deadline: Deadline, result: RunResult
-    ) -> AsyncIterator[str]:
-        gen_spec = self.spec.generation
-        backend = self.backends.names["generation"]
-        breaker = self.runner.breaker(backend)
-        # The timeout first: a stream with no time left must not take the half-open probe.
-        first_token_s = self.runner.timeout("generate", gen_spec.timeout_s, deadline)
-        if not breaker.allow():
-            raise BackendUnavailable("generate", f"circuit for {backend} is open")
-        stream = self.backends.generation.generate_stream(
-            messages, generation_params(gen_spec), deadline.timeout("generate")
-        )
-        started = False
-        start = time.perf_counter()
-        span = tracing.start_stage_span("generate", backend)
-        try:
-            async with asyncio.timeout(first_token_s):
-                with tracing.use_span(span):  # the call starts here: its metadata carries the span
-                    delta = await anext(stream, None)
-            while delta is not None:
-                if isinstance(delta, TokenUsage):  # the stream's last item
-                    result.usage += delta
-                else:
-                    started = True
-                    yield delta
-                # After the first token only the deadline bounds the stream; a stalled one ends there.
-                async with asyncio.timeout(deadline.timeout("generate")):
-                    delta = await anext(stream, None)
-            breaker.record_success()
-        except BaseException as exc:
-            # Before the first token the stage's timeout applies; after it only the deadline,
-            # which says something about the backend unless the caller chose it.
-            cut_short = first_token_s < gen_spec.timeout_s if not started else deadline.caller_bound
-            failure = self.runner.settle(
-                "generate", backend, exc, deadline, "the stream did not finish in time", cut_short=cut_short
-            )
-            if failure is None:
-                raise
-            raise failure from None
-        finally:
-            await stream.aclose()  # cancels the backend call when we stop early
-            result.timings["generate"] = time.perf_counter() - start
-            tracing.end_stage_span(span, sys.exc_info()[1])
 
 
 def _release_point(pending: str, hold: int) -> int:
@@ -387,42 +441,6 @@ def _release_point(pending: str, hold: int) -> int:
     return limit
 
 
-class SummarizeSentimentPipeline(Pipeline):
-    @property
-    def stages(self) -> tuple[str, ...]:
-        return ("moderate_input", "summarize", "classify")
-
-    async def _run(self, text: str, deadline: Deadline, result: RunResult) -> None:
-        if self.spec.moderation.input:
-            await self._moderate(result, "moderate_input", [text], INPUT_CATEGORIES, deadline)
-        gen = self.spec.generation
-        summary = await self._generate(
-            result, "summarize", gen,
-            [ChatTurn("system", gen.system_prompt), ChatTurn("user", text)], generation_params(gen), deadline,
-        )
-        summary = summary.strip()
-        label = await self._classify(summary, deadline, result)
-        result.outputs = {"summary": summary, "sentiment": label}
-        result.answer = label
-
-    async def _classify(self, summary: str, deadline: Deadline, result: RunResult) -> str:
-        spec = self.spec.classify
-        messages = [ChatTurn("system", spec.system_prompt)]
-        for example in spec.examples:
-            messages += [ChatTurn("user", f"Text: {example.text}"), ChatTurn("assistant", example.label)]
-        messages.append(ChatTurn("user", f"Text: {summary or '(empty)'}"))
-        for attempt in range(spec.retries_on_invalid + 1):
-            # A retry must differ from the greedy first try: sample with a fixed seed.
-            params = generation_params(spec)
-            if attempt:
-                params = replace(params, temperature=0.7, seed=(spec.seed or 0) + attempt)
-            raw = await self._generate(result, "classify", spec, messages, params, deadline)
-            label = parse_label(raw, spec.labels)
-            if label is not None:
-                return label
-        raise Fallback(FallbackReason.INVALID_OUTPUT, "classify")
-
-
 def parse_label(raw: str, labels: tuple[str, ...]) -> str | None:
     """The label the output names, if it names exactly one ("The text is positive." counts)."""
     words = {word.strip(".,:;!?\"'()[]*") for word in raw.lower().split()}
@@ -430,14 +448,8 @@ def parse_label(raw: str, labels: tuple[str, ...]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-PIPELINE_KINDS: dict[str, type[Pipeline]] = {
-    "rag": RagPipeline,
-    "summarize_sentiment": SummarizeSentimentPipeline,
-}
-
-
 def build_pipeline(spec: PipelineSpec, backends: Backends, runner: StageRunner, tag_key: bytes = b"") -> Pipeline:
-    return PIPELINE_KINDS[spec.kind](spec, backends, runner, tag_key)
+    return Pipeline(spec, backends, runner, tag_key)
 
 
 def build_prompt(system_prompt: str, query: str, passages: list[Passage], tag_key: bytes) -> list[ChatTurn]:
@@ -469,12 +481,3 @@ def build_prompt(system_prompt: str, query: str, passages: list[Passage], tag_ke
 
 def _tag(key: bytes, material: bytes, counter: int) -> str:
     return hmac.new(key, material + counter.to_bytes(4, "big"), hashlib.sha256).hexdigest()[:8]
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start

@@ -40,6 +40,8 @@ class PipelineRegistry:
             if p.name not in self._highest or p.version > self._highest[p.name].version:
                 self._highest[p.name] = p
         self.admissions = dict(admissions or {})
+        for p in pipelines:
+            p.resolve = self.resolve  # route stages reach other versions through this registry
 
     def all(self) -> list[Pipeline]:
         return sorted(self._by_key.values(), key=lambda p: (p.name, p.version))
@@ -95,8 +97,8 @@ async def collection_states(registry: PipelineRegistry, timeout_s: float) -> lis
     """
     groups: dict[tuple[str, str], list[Pipeline]] = {}
     for p in registry.all():
-        if p.collection is not None:
-            groups.setdefault((p.backends.names["retrieval"], p.collection), []).append(p)
+        for collection in p.collections:
+            groups.setdefault((p.backends.names["retrieval"], collection), []).append(p)
 
     async def check(service: str, name: str, pipelines: list[Pipeline]) -> CollectionState:
         refs = tuple(f"{p.name}@{p.version}" for p in pipelines)

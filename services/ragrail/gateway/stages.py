@@ -1,18 +1,24 @@
-"""Running one stage call: its timeout inside the deadline, retries, circuit breaking.
+"""The one way a stage call is made: its timeout inside the deadline, retries within a
+budget, the backend's circuit breaker, cancellation, timing and tracing.
 
-A stage call either returns, or raises a ``StageFailure`` that the pipeline
-turns into a labelled canned answer (a timeout, a backend that is down or whose
-circuit is open, an overloaded backend). Caller mistakes (INVALID_ARGUMENT…)
-pass through unchanged: they stay errors.
+``StageRunner.run`` makes a unary call, ``StageRunner.stream`` a streaming one; the
+pipeline engine and ingestion use nothing else. A stage call either returns, or
+raises a ``StageFailure`` that the pipeline turns into a labelled canned answer (a
+timeout, a backend that is down or whose circuit is open, an overloaded backend).
+Caller mistakes (INVALID_ARGUMENT…) pass through unchanged: they stay errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import TypeVar
 
+from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import DeadlineExceeded, RagrailError, ResourceExhausted, Unavailable
 from ragrail.gateway.resilience import CircuitBreaker, RetryBudget, backoff_s
@@ -79,6 +85,71 @@ class StageRunner:
             return min(stage_timeout_s, deadline.timeout(stage))
         except DeadlineExceeded:
             raise timeout_error(stage, "no time left before the deadline", deadline) from None
+
+    async def run(
+        self,
+        stage: str,
+        backend: str,
+        fn: Callable[[float], Awaitable[T]],
+        *,
+        timeout_s: float,
+        retries: int,
+        deadline: Deadline,
+        timings: MutableMapping[str, float] | None = None,
+    ) -> T:
+        """``call``, timed into ``timings[stage]`` (summed over calls) inside the stage's span."""
+        with _timed(timings, stage), tracing.stage_span(stage, backend) as span:
+            return await self.call(
+                stage, backend, tracing.traced_attempts(span, fn),
+                timeout_s=timeout_s, retries=retries, deadline=deadline,
+            )
+
+    async def stream(
+        self,
+        stage: str,
+        backend: str,
+        open_stream: Callable[[float], AsyncIterator[T]],
+        *,
+        timeout_s: float,
+        deadline: Deadline,
+        timings: MutableMapping[str, float] | None = None,
+    ) -> AsyncIterator[T]:
+        """Items of ``open_stream(timeout)``: ``timeout_s`` bounds the first item, the deadline
+        the rest. Never retried (items may have gone out). Closing this generator early
+        closes the backend stream, which cancels the call downstream."""
+        breaker = self.breaker(backend)
+        # The timeout first: a stream with no time left must not take the half-open probe.
+        first_s = self.timeout(stage, timeout_s, deadline)
+        if not breaker.allow():
+            raise BackendUnavailable(stage, f"circuit for {backend} is open")
+        stream = open_stream(deadline.timeout(stage))
+        started = False
+        start = time.perf_counter()
+        span = tracing.start_stage_span(stage, backend)
+        try:
+            async with asyncio.timeout(first_s):
+                with tracing.use_span(span):  # the call starts here: its metadata carries the span
+                    item = await anext(stream, None)
+            while item is not None:
+                started = True
+                yield item
+                # After the first item only the deadline bounds the stream; a stalled one ends there.
+                async with asyncio.timeout(deadline.timeout(stage)):
+                    item = await anext(stream, None)
+            breaker.record_success()
+        except BaseException as exc:
+            # Before the first item the stage's timeout applies; after it only the deadline,
+            # which says something about the backend unless the caller chose it.
+            cut_short = first_s < timeout_s if not started else deadline.caller_bound
+            failure = self.settle(stage, backend, exc, deadline, "the stream did not finish in time", cut_short=cut_short)
+            if failure is None:
+                raise
+            raise failure from None
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # cancels the backend call when we stop early
+            if timings is not None:
+                timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+            tracing.end_stage_span(span, sys.exc_info()[1])
 
     async def call(
         self,
@@ -157,3 +228,13 @@ class StageRunner:
 
     def _may_retry(self, deadline: Deadline) -> bool:
         return deadline.remaining() > 0.05 and self.retry_budget.try_withdraw()
+
+
+@contextmanager
+def _timed(timings: MutableMapping[str, float] | None, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
