@@ -16,8 +16,23 @@ from ragrail.common.models import DTYPES, dtype_name, pick_dtype
     ("device", "expected"),
     [("cpu", torch.float32), ("cuda", torch.bfloat16), ("cuda:1", torch.bfloat16), ("mps", torch.float32)],
 )
-def test_auto_is_bfloat16_on_cuda_and_float32_elsewhere(device: str, expected: torch.dtype) -> None:
+def test_auto_is_bfloat16_on_cuda_and_float32_elsewhere(
+    device: str, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native_bf16(monkeypatch, False)
     assert pick_dtype("auto", device) == expected
+
+
+@pytest.mark.parametrize("probe", ["_is_amx_tile_supported", "_is_avx512_bf16_supported"])
+def test_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(probe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    native_bf16(monkeypatch, False)
+    monkeypatch.setattr(torch.cpu, probe, lambda: True)
+    assert pick_dtype("auto", "cpu") == torch.bfloat16
+
+
+def native_bf16(monkeypatch: pytest.MonkeyPatch, value: bool) -> None:
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: value, raising=False)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -26,7 +26,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Weights' dtype (ragrail.common.models.pick_dtype): auto = bfloat16 on CUDA, float32 on CPU.
+# Weights' dtype (ragrail.common.models.pick_dtype): auto = bfloat16 on CUDA and on CPUs with native bfloat16 (AMX, AVX512-BF16), else float32.
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -34,7 +34,7 @@ class EmbeddingSettings(Strict):
     model: str = Field("builtin:all-MiniLM-L6-v2", description="builtin name, hub id or folder")
     device: str = Field("auto", description="auto, cpu or cuda")
     dtype: ModelDtype = Field(
-        "auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16; "
+        "auto", description="auto (bfloat16 on CUDA or a CPU with native bfloat16, else float32), float32, bfloat16 or float16; "
         "vectors are pooled and normalised in float32 either way"
     )
     max_batch_size: int = Field(64, ge=1, le=4096)
@@ -92,8 +92,8 @@ class GenerationSettings(Strict):
     model: str = Field("builtin:smollm2-135m-instruct", description="builtin name, hub id or folder")
     revision: str | None = None
     dtype: ModelDtype = Field(
-        "auto", description="auto (bfloat16 on CUDA, float32 on CPU: on 2 cores bfloat16 generated at about half "
-        "float32's speed), float32, bfloat16 or float16"
+        "auto", description="auto (bfloat16 on CUDA or a CPU with native bfloat16; float32 on other CPUs, where "
+        "bfloat16 generated at half float32's speed), float32, bfloat16 or float16"
     )
     device: str = Field("auto", description="auto, cpu or cuda")
     max_new_tokens_limit: int = Field(512, ge=1)
@@ -154,7 +154,7 @@ class CategorySettings(Strict):
     label: str | int | None = Field(None, description="transformers: the label scored, by name or index")
     device: str | None = Field(None, description="transformers: auto, cpu or cuda (default: the replica's)")
     dtype: ModelDtype | None = Field(
-        None, description="transformers: auto (bfloat16 on CUDA, float32 on CPU; the default), float32, bfloat16 "
+        None, description="transformers: auto (bfloat16 on CUDA or a CPU with native bfloat16, else float32; the default), float32, bfloat16 "
         "or float16"
     )
     batch_size: int | None = Field(None, ge=1, description="transformers: texts per forward pass (default 32)")
