@@ -13,6 +13,7 @@ import torch
 from ragrail.common.errors import ResourceExhausted, Unavailable
 from ragrail.generation.core import FinishReason, Generation, Message, Sampling, StreamEvent, TextGenerator
 from ragrail.generation.engine import ContinuousBatcher, StepStats
+from ragrail.generation.sampling import BatchSampler
 
 PROMPTS = [
     "short",
@@ -246,6 +247,37 @@ def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(engines: Engine
         assert engine.generate(ask(PROMPTS[0]), Sampling(max_new_tokens=10)).completion_tokens == 10
     finally:
         handle.remove()
+
+
+def test_a_step_failing_as_a_prefill_completes_still_answers_its_requests(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fuzzing: sampling raised after the prefill group had left the engine's
+    state, so nobody told its requests and their callers waited for their deadline."""
+    engine = engines()
+    original = BatchSampler.__call__
+    failures = iter([True])
+
+    def fail_once(self: BatchSampler, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        if next(failures, False):
+            raise RuntimeError("invalid multinomial distribution (simulated)")
+        return original(self, logits, seen)
+
+    monkeypatch.setattr(BatchSampler, "__call__", fail_once)
+    outcome: list[BaseException | Generation] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engine.generate(ask(PROMPTS[0]), Sampling(max_new_tokens=5)))
+        except Exception as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert outcome, "the request was never answered"
+    assert isinstance(outcome[0], RuntimeError) and "simulated" in str(outcome[0])
+    assert engine.generate(ask(PROMPTS[0]), Sampling(max_new_tokens=5)).completion_tokens == 5
 
 
 def test_closing_ends_every_request_with_unavailable(text_generator: TextGenerator) -> None:

@@ -161,6 +161,9 @@ def test_bad_messages_are_invalid(generator: ContinuousBatcher, messages: list[M
     [
         Sampling(temperature=-0.1),
         Sampling(temperature=2.5),
+        Sampling(temperature=1e-45),  # overflowed the logits (found by fuzzing)
+        Sampling(temperature=float("nan")),
+        Sampling(repetition_penalty=1e-45),
         Sampling(top_p=0.0),
         Sampling(top_k=-1),
         Sampling(repetition_penalty=0.0),

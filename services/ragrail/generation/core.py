@@ -167,10 +167,12 @@ class TextGenerator:
             1 <= max_new <= self.max_new_tokens_limit,
             f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new}",
         )
-        require(0 <= s.temperature <= 2, f"temperature must be in [0, 2], got {s.temperature}")
+        # Below 0.01 logits divided by it overflow float32 (found by fuzzing: 1e-45).
+        require(s.temperature == 0 or 0.01 <= s.temperature <= 2,
+                f"temperature must be 0 (greedy) or in [0.01, 2], got {s.temperature}")
         require(0 < s.top_p <= 1, f"top_p must be in (0, 1], got {s.top_p}")
         require(s.top_k >= 0, "top_k must be >= 0")
-        require(0 < s.repetition_penalty <= 10, "repetition_penalty must be in (0, 10]")
+        require(0.01 <= s.repetition_penalty <= 10, f"repetition_penalty must be in [0.01, 10], got {s.repetition_penalty}")
         require(len(s.stop) <= 8 and all(0 < len(x) <= 64 for x in s.stop),
                 "at most 8 stop sequences of 1..64 characters")
         return max_new

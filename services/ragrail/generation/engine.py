@@ -166,6 +166,7 @@ class ContinuousBatcher:
         self._running: _Batch | None = None
         self._prefill: _Prefill | None = None
         self._closed = False
+        self._touched: list[_Request] = []  # rows the current step holds (failed together if it raises)
         self.steps = 0  # iterations run, for tests and metrics
         self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
         if start:
@@ -290,6 +291,9 @@ class ContinuousBatcher:
         """One iteration: drop cancelled rows, admit, one prefill chunk, one decoding step."""
         started = time.perf_counter()
         outbox: list[tuple[_Request, int | _Finished]] = []
+        # Nothing of this step reaches a caller before _deliver: if it raises, every row it
+        # touched (running, prefilling, admitted) must be told, or its caller waits forever.
+        self._touched = self._rows_in_flight()
         self._drop_cancelled(outbox)
         if self._prefill is None:
             self._admit(outbox)
@@ -302,21 +306,23 @@ class ContinuousBatcher:
         if self._observer is not None:
             self._observer(StepStats(running, prefill_tokens, len(self._waiting), time.perf_counter() - started))
 
+    def _rows_in_flight(self) -> list[_Request]:
+        return (list(self._running.rows) if self._running else []) + (list(self._prefill.rows) if self._prefill else [])
+
     def _in_flight(self) -> int:
-        return (len(self._running) if self._running else 0) + (len(self._prefill.rows) if self._prefill else 0)
+        return len({id(r) for r in self._rows_in_flight() + self._touched})
 
     def _fail_all(self, exc: BaseException | None) -> None:
-        outbox: list[tuple[_Request, int | _Finished]] = []
         error = exc if exc is not None else Unavailable("generation replica is shutting down; retry")
         finished = _Finished(FinishReason.CANCELLED, error)
-        rows = (self._running.rows if self._running else []) + (self._prefill.rows if self._prefill else [])
+        rows = list({id(r): r for r in self._touched + self._rows_in_flight()}.values())
         if exc is None:  # closing: the waiting line goes too
             with self._cond:
                 rows += list(self._waiting)
                 self._waiting.clear()
-        outbox += [(row, finished) for row in rows]
         self._running = self._prefill = None
-        _deliver(outbox)
+        self._touched = []
+        _deliver([(row, finished) for row in rows])
 
     def _drop_cancelled(self, outbox: list[tuple[_Request, int | _Finished]]) -> None:
         with self._cond:
@@ -342,6 +348,7 @@ class ContinuousBatcher:
                 if admitted and grown * (len(admitted) + 1) > self.prefill_chunk_tokens:
                     break  # the next group takes it, one step later
                 admitted.append(self._waiting.popleft())
+                self._touched.append(head)
                 reserved += head.reserved_tokens
                 width = grown
         if admitted:
