@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test protos clean chart chart-check tools bench observe loadtest image
+.PHONY: setup up test fuzz protos clean chart chart-check tools bench observe loadtest image
 
 # `make image`: the container image the Helm chart runs (gateway and Ray pods). The default name
 # is the chart's default image (values.yaml image.repository, tag = Chart.yaml appVersion =
@@ -39,6 +39,13 @@ up: setup
 
 test: setup tools
 	$(PY) -m pytest
+
+# The long fuzz run (issue 11): over 10,000 hypothesis cases over every request message, sent over
+# real gRPC to the real servicers and the gateway (tests/contract/test_fuzz.py; `make test` runs
+# its ~500-case "ci" profile). Prints the statuses seen per RPC; the JSON lands in FUZZ_REPORT.
+FUZZ_REPORT ?= build/fuzz-report.json
+fuzz: setup
+	RAGRAIL_FUZZ_PROFILE=long RAGRAIL_FUZZ_REPORT=$(FUZZ_REPORT) $(PY) -m pytest tests/contract/test_fuzz.py -q -s -p no:cacheprovider
 
 # promtool (Debian's prometheus package) for the alert-rule checks; no-op when present.
 tools:

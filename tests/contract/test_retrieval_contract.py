@@ -147,6 +147,36 @@ async def test_a_payload_number_json_cannot_hold_is_invalid(retrieval: Any, numb
     assert dict(hits.points[0].payload) == {"n": 3, "x": 2.5, "empty": None}
 
 
+@pytest.mark.parametrize(
+    ("request_", "fragment"),
+    [
+        (pb.DeleteRequest(collection="nonfinite", ids=[uid(1)] * 513), "at most 512 ids"),
+        (pb.DeleteRequest(collection="nonfinite", filter=pb.Filter(must=[pb.Condition(key="k", keyword="v")] * 65)), "filter.must: at most 64"),
+        (
+            pb.SearchRequest(collection="nonfinite", vector=[1.0, 0.0], top_k=1, filter=pb.Filter(should=[pb.Condition(key="k", keyword="v")] * 65)),
+            "filter.should: at most 64",
+        ),
+        (
+            pb.SearchRequest(
+                collection="nonfinite", vector=[1.0, 0.0], top_k=1,
+                filter=pb.Filter(must_not=[pb.Condition(key="k", any=pb.MatchAny(values=["v"] * 1025))]),
+            ),
+            "at most 1024 match-any values",
+        ),
+        (pb.SearchRequest(collection="nonfinite", vector=[1.0, 0.0], top_k=1, payload_fields=["k"] * 65), "at most 64 payload_fields"),
+    ],
+    ids=["delete ids", "delete filter", "search filter", "match-any", "payload fields"],
+)
+async def test_unbounded_work_is_refused_before_qdrant(retrieval: Any, request_: Any, fragment: str) -> None:
+    # Found by tests/contract/test_fuzz.py: 100,000 ids and 20,000 conditions held Qdrant's one
+    # thread for over 40 s, past the caller's deadline, with every other call queued behind.
+    await retrieval.CreateCollection(pb.CreateCollectionRequest(collection="nonfinite", dimension=2))
+    rpc = retrieval.Delete if isinstance(request_, pb.DeleteRequest) else retrieval.Search
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await rpc(request_)
+    assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, fragment)
+
+
 # -- Qdrant not there ----------------------------------------------------------------
 
 

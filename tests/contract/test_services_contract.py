@@ -83,6 +83,7 @@ class Stack:
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub
     generation: generation_pb2_grpc.GenerationServiceStub
     moderation: moderation_pb2_grpc.ModerationServiceStub
+    address: str = ""  # host:port of the server, for channels of another kind (tests/contract/test_fuzz.py)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -112,6 +113,7 @@ async def stack(grpc_server, minilm_path: str, tiny_llama_dir: Path, tmp_path_fa
         retrieval=retrieval_pb2_grpc.RetrievalServiceStub(ch),
         generation=generation_pb2_grpc.GenerationServiceStub(ch),
         moderation=moderation_pb2_grpc.ModerationServiceStub(ch),
+        address=running.address,
     )
     store.close()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
-from ragrail.common.errors import InvalidArgument
+from ragrail.common.errors import InvalidArgument, require
 from ragrail.common.grpc_errors import grpc_method
 from ragrail.common.service_metrics import service_metrics
 from ragrail.retrieval.core import Condition, Distance, Filter, Point, Range, VectorStore
@@ -27,11 +28,25 @@ _DISTANCES = {
 _DISTANCES_PB = {Distance.COSINE: pb.DISTANCE_COSINE, Distance.DOT: pb.DISTANCE_DOT, Distance.EUCLID: pb.DISTANCE_EUCLID}
 
 
+# Bounds on what one request may ask Qdrant to do. Found by tests/contract/test_fuzz.py: a
+# Delete of 100,000 ids with 20,000 filter conditions held the (single, for the embedded
+# engine) Qdrant thread for over 40 s, long after its caller's 30 s deadline, and every other
+# call queued behind it. Checked here while ragrail.retrieval.core is being rewritten; they
+# belong next to its max_batch_size once that lands.
+MAX_FILTER_CONDITIONS = 64  # per clause (must, should, must_not)
+MAX_MATCH_ANY_VALUES = 1024
+MAX_PAYLOAD_FIELDS = 64
+
+
 def condition_from_pb(c: pb.Condition) -> Condition:
     which = c.WhichOneof("match")
     if which is None:
         raise InvalidArgument(f"condition on {c.key!r} has no match")
     if which == "any":
+        require(
+            len(c.any.values) <= MAX_MATCH_ANY_VALUES,
+            f"condition on {c.key!r}: at most {MAX_MATCH_ANY_VALUES} match-any values, got {len(c.any.values)}",
+        )
         return Condition(c.key, any_of=tuple(c.any.values))
     if which == "range":
         r = c.range
@@ -48,6 +63,12 @@ def condition_from_pb(c: pb.Condition) -> Condition:
 
 
 def filter_from_pb(f: pb.Filter) -> Filter:
+    for clause in ("must", "should", "must_not"):
+        count = len(getattr(f, clause))
+        require(
+            count <= MAX_FILTER_CONDITIONS,
+            f"filter.{clause}: at most {MAX_FILTER_CONDITIONS} conditions, got {count}",
+        )
     return Filter(
         must=tuple(condition_from_pb(c) for c in f.must),
         should=tuple(condition_from_pb(c) for c in f.should),
@@ -55,20 +76,33 @@ def filter_from_pb(f: pb.Filter) -> Filter:
     )
 
 
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    # Struct carries every number as a double: give integral ones back as ints,
-    # or integer match conditions never match payloads sent over gRPC.
-    return _integral_to_int(json_format.MessageToDict(s))
+def struct_to_dict(s: struct_pb2.Struct, where: str = "payload") -> dict[str, Any]:
+    """A Struct as plain JSON-like Python values; InvalidArgument for a number JSON cannot hold.
+
+    Struct carries every number as a double: integral ones come back as ints, or integer
+    match conditions never match payloads sent over gRPC. NaN and the infinities are refused
+    here (``json_format.MessageToDict`` raised ValueError on them, which reached the caller
+    as INTERNAL: found by tests/contract/test_fuzz.py).
+    """
+    return {key: _from_value(value, f"{where}.{key}") for key, value in s.fields.items()}
 
 
-def _integral_to_int(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral_to_int(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_to_int(v) for v in value]
-    return value
+def _from_value(value: struct_pb2.Value, where: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument(f"{where} is {number}; payload numbers must be finite")
+        return int(number) if number.is_integer() and abs(number) <= 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value, where)
+    if kind == "list_value":
+        return [_from_value(v, f"{where}[{i}]") for i, v in enumerate(value.list_value.values)]
+    return None  # null_value, or a Value with no kind set
 
 
 def dict_to_struct(d: dict[str, Any]) -> struct_pb2.Struct:
@@ -132,6 +166,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     @grpc_method(pb.SearchResponse)
     async def Search(self, request: pb.SearchRequest, grpc_context: Any = None) -> pb.SearchResponse:
         query_filter = filter_from_pb(request.filter)
+        require(
+            len(request.payload_fields) <= MAX_PAYLOAD_FIELDS,
+            f"at most {MAX_PAYLOAD_FIELDS} payload_fields, got {len(request.payload_fields)}",
+        )
         threshold = request.score_threshold if request.HasField("score_threshold") else None
         hits = await self._run(
             lambda: self._store.search(
@@ -150,5 +188,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     @grpc_method(pb.DeleteResponse)
     async def Delete(self, request: pb.DeleteRequest, grpc_context: Any = None) -> pb.DeleteResponse:
         query_filter = filter_from_pb(request.filter)
+        limit = self._store.max_batch_size
+        require(len(request.ids) <= limit, f"at most {limit} ids per call, got {len(request.ids)}")
         await self._run(lambda: self._store.delete(request.collection, list(request.ids), query_filter))
         return pb.DeleteResponse()
