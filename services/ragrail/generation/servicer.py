@@ -59,10 +59,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             )
         finally:
             cancel.set()  # deadline or client gone: the row leaves the batch at the next step
-        elapsed = time.perf_counter() - started
-        metrics = service_metrics("generation")
-        metrics.observe_model(elapsed)
-        metrics.observe_tokens(result.completion_tokens, elapsed, result.prompt_tokens)
+        _observe(started, result.completion_tokens, result.prompt_tokens)
         return pb.GenerateResponse(
             text=result.text,
             finish_reason=_FINISH[result.finish_reason],
@@ -83,10 +80,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 if event.finish_reason is None:
                     yield pb.GenerateStreamResponse(delta=event.delta)
                     continue
-                elapsed = time.perf_counter() - started
-                metrics = service_metrics("generation")
-                metrics.observe_model(elapsed)
-                metrics.observe_tokens(event.completion_tokens, elapsed, event.prompt_tokens)
+                _observe(started, event.completion_tokens, event.prompt_tokens)
                 yield pb.GenerateStreamResponse(
                     delta=event.delta,
                     finish_reason=_FINISH[event.finish_reason],
@@ -94,3 +88,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 )
         finally:
             cancel.set()
+
+
+def _observe(started: float, completion_tokens: int, prompt_tokens: int) -> None:
+    elapsed = time.perf_counter() - started
+    metrics = service_metrics("generation")
+    metrics.observe_model(elapsed)
+    metrics.observe_tokens(completion_tokens, elapsed, prompt_tokens)
