@@ -114,17 +114,18 @@ def build_model(name: str, folder: Path, dtype: str, device: str) -> TextGenerat
                          max_new_tokens_limit=4096, max_prompt_chars=1_000_000)
 
 
+def corpus_windows(tokenizer: PreTrainedTokenizerFast, count: int, tokens: int) -> list[str]:
+    """``count`` different texts of about ``tokens`` tokens each, cut from the sample corpus."""
+    ids = tokenizer("\n".join(p.read_text() for p in sorted(CORPUS.glob("*.md"))))["input_ids"]
+    ids = ids * (1 + tokens // max(1, len(ids)) + 1)  # long enough for any window
+    span = max(1, len(ids) - tokens)
+    return [tokenizer.decode(ids[(i * 37) % span :][:tokens]) for i in range(count)]
+
+
 def prompts(generator: TextGenerator, count: int, tokens: int) -> list[list[Message]]:
     """``count`` different user messages whose chat prompts are about ``tokens`` long."""
-    ids = generator.tokenizer("\n".join(p.read_text() for p in sorted(CORPUS.glob("*.md"))))["input_ids"]
     overhead = generator.prepare([Message("user", "x")], Sampling(max_new_tokens=1)).token_count - 1
-    length = max(1, tokens - overhead)
-    out = []
-    for i in range(count):
-        start = (i * 37) % max(1, len(ids) - length)
-        window = (ids * (1 + length // max(1, len(ids)) + 1))[start : start + length]
-        out.append([Message("user", generator.tokenizer.decode(window))])
-    return out
+    return [[Message("user", text)] for text in corpus_windows(generator.tokenizer, count, max(1, tokens - overhead))]
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def check_embedding(args: argparse.Namespace, device: str, workdir: Path, report
                         num_attention_heads=12, max_position_embeddings=512)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    texts = [m[0].content for m in prompts_plain(tokenizer, args.embed_texts, 60)]
+    texts = corpus_windows(tokenizer, args.embed_texts, 60)
     rows = report.setdefault("embedding", {})
     print(f"\n== embedding: MiniLM-L6 shape, {len(texts)} texts of ~60 tokens, batch {args.embed_batch}")
     for dtype in ("float32", "bfloat16"):
@@ -257,11 +258,6 @@ def check_embedding(args: argparse.Namespace, device: str, workdir: Path, report
         print(f"{dtype:9s}  {rate:9.1f} texts/s")
     rows["ratio_bf16"] = rows["bfloat16"]["texts_s"] / rows["float32"]["texts_s"]
     print(f"bf16 / fp32 {rows['ratio_bf16']:.2f}")
-
-
-def prompts_plain(tokenizer: PreTrainedTokenizerFast, count: int, tokens: int) -> list[list[Message]]:
-    ids = tokenizer("\n".join(p.read_text() for p in sorted(CORPUS.glob("*.md"))))["input_ids"]
-    return [[Message("user", tokenizer.decode(ids[(i * 13) % (len(ids) - tokens):][:tokens]))] for i in range(count)]
 
 
 def main() -> None:

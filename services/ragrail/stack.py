@@ -219,9 +219,9 @@ def stop_processes_using(folders: list[Path], wait_s: float = 3.0) -> list[int]:
             continue
         if any(n in cmdline for n in needles):
             found.append(int(entry.name))
-    for pid, sig in [(p, signal.SIGTERM) for p in found]:
+    for pid in found:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
     while any(Path(f"/proc/{p}").exists() for p in found) and time.monotonic() < deadline:
         time.sleep(0.05)

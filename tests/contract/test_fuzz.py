@@ -51,7 +51,17 @@ from ragrail.generation.v1 import generation_pb2
 from ragrail.moderation.v1 import moderation_pb2
 from ragrail.retrieval.v1 import retrieval_pb2
 from tests.contract.gateway_fixtures import GatewayFactory, Harness, spec
-from tests.contract.test_services_contract import EMBED_MAX_TOKENS, GEN_LIMIT, Stack, stack  # noqa: F401 - fixture
+from ragrail.gateway.server import SERVICE_NAME as GATEWAY_SERVICE
+from tests.contract.test_services_contract import (  # noqa: F401 - stack is a fixture
+    EMBED_MAX_TOKENS,
+    EMBEDDING,
+    GEN_LIMIT,
+    GENERATION,
+    MODERATION,
+    RETRIEVAL,
+    Stack,
+    stack,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -230,15 +240,8 @@ class Target:
         return self.path.rsplit("/", 2)[-1]
 
 
-def _service(module: Any, service: str) -> str:
-    return module.DESCRIPTOR.services_by_name[service].full_name
-
-
-EMBED = _service(embedding_pb2, "EmbeddingService")
-RETRIEVE = _service(retrieval_pb2, "RetrievalService")
-GENERATE = _service(generation_pb2, "GenerationService")
-MODERATE = _service(moderation_pb2, "ModerationService")
-GATEWAY = _service(gateway_pb2, "GatewayService")
+EMBED, RETRIEVE, GENERATE, MODERATE = EMBEDDING, RETRIEVAL, GENERATION, MODERATION
+GATEWAY = GATEWAY_SERVICE
 
 FUZZ_COLLECTION = "fuzz3"  # dimension 3, created before the retrieval targets run
 DIMENSION = 3

@@ -83,7 +83,7 @@ class _Channel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop
-        self.sync: queue.SimpleQueue[int | _Finished] = queue.SimpleQueue()
+        self.sync: queue.SimpleQueue[int | _Finished] | None = queue.SimpleQueue() if loop is None else None
         self.aio: asyncio.Queue[int | _Finished] | None = asyncio.Queue() if loop is not None else None
 
 
@@ -239,6 +239,7 @@ class ContinuousBatcher:
 
     def _consume(self, request: _Request) -> Iterator[StreamEvent]:
         reader = _Reader(request, self.generator.tokenizer)
+        assert request.channel.sync is not None
         try:
             while not reader.done:
                 yield from reader.feed(request.channel.sync.get())
@@ -372,8 +373,9 @@ class ContinuousBatcher:
         start, end = p.done_columns, min(p.width, p.done_columns + columns)
         logits = self._forward(p.input_ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache)
         p.done_columns = end
+        prefilled = len(p.rows) * (end - start)
         if end < p.width:
-            return len(p.rows) * (end - start)
+            return prefilled
         self._prefill = None
         seen = None
         sampler = self._sampler(p.rows)
@@ -383,7 +385,7 @@ class ContinuousBatcher:
         newcomers = _Batch(p.rows, p.cache, p.mask, p.positions[:, -1] + 1, first, seen, sampler)
         newcomers = self._after_sampling(newcomers, first, outbox)
         self._running = self._merge(self._running, newcomers)
-        return len(p.rows) * (end - start)
+        return prefilled
 
     def _decode(self, outbox: list[tuple[_Request, int | _Finished]]) -> None:
         b = self._running
@@ -501,9 +503,9 @@ def _deliver(outbox: list[tuple[_Request, int | _Finished]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, int | _Finished]]] = {}
     for request, item in outbox:
         loop = request.channel.loop
-        if loop is None:
+        if request.channel.sync is not None:
             request.channel.sync.put(item)
-        else:
+        elif loop is not None:
             by_loop.setdefault(loop, []).append((request, item))
     for loop, items in by_loop.items():
         try:
