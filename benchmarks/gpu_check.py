@@ -7,6 +7,9 @@ trained here on the sample corpus (padded with merges to the model's vocabulary)
 Throughput does not depend on the weights' values; EOS is suppressed so every
 request runs to its length. Prints, measured in the same run:
 
+  agreement       greedy text from ragrail, alone and in a batch of mixed prompt lengths (chunked
+                  prefill too), equal to ``model.generate``'s, in float32 and in bfloat16; a seeded
+                  sampled row gives the same text alone and in company
   single stream   tok/s and TTFT, ragrail vs ``model.generate`` on the same prompt
   N callers       aggregate tok/s at N concurrent callers vs ``generate`` on one batch of N
   arrivals        TTFT p50/p99 while 64 callers arrive over 2 s
@@ -52,6 +55,12 @@ MODELS = {
     "smollm2-135m": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, vocab_size=49152,
+        rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+    ),
+    # SmolLM2's depth with a near-free forward: on a CPU, the host-bound regime of a GPU.
+    "deep-tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=30, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=8192, vocab_size=8192,
         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
     ),
     "tinyllama-1.1b": dict(
@@ -189,7 +198,8 @@ def check_generation(name: str, args: argparse.Namespace, device: str, workdir: 
     new = args.new_tokens
     prompt_len = generator.prepare(pool[0], Sampling(max_new_tokens=new)).token_count
     print(f"\n== {name}: {sum(p.numel() for p in generator.model.parameters()) / 1e6:.0f}M params, "
-          f"{generator.model.dtype}, {device}, prompt {prompt_len} tokens, {new} new tokens")
+          f"{generator.model.dtype}, {device}, prompt {prompt_len} tokens, {new} new tokens"
+          + (f", cuDNN attention {'on' if torch.backends.cuda.cudnn_sdp_enabled() else 'off'}" if device == "cuda" else ""))
     rows = report.setdefault(name, {})
     loop = asyncio.new_event_loop()
     try:
@@ -233,6 +243,70 @@ def check_generation(name: str, args: argparse.Namespace, device: str, workdir: 
             torch.cuda.empty_cache()
 
 
+def reference_text(generator: TextGenerator, msgs: list[Message], new: int) -> str:
+    """``model.generate`` on one prompt alone, greedy: the text ragrail must reproduce."""
+    prepared = generator.prepare(msgs, Sampling(max_new_tokens=new))
+    with torch.inference_mode():
+        out = generator.model.generate(input_ids=prepared.input_ids,
+                                       attention_mask=torch.ones_like(prepared.input_ids),
+                                       max_new_tokens=new, do_sample=False, pad_token_id=generator.pad_token_id)
+    return str(generator.tokenizer.decode(out[0, prepared.token_count :], skip_special_tokens=True))
+
+
+def check_agreement(name: str, args: argparse.Namespace, device: str, workdir: Path, report: dict) -> None:
+    """Same text as ``generate``, alone and in company: correctness on this device, not speed.
+
+    Counted, not asserted: in bfloat16 a batch's different matrix shapes round differently and
+    can flip a near tie of the random model; in float32 every row should agree."""
+    build_model(name, workdir, "float32", device)  # writes the model folder once
+    rows = report.setdefault("agreement", {})
+    new, sizes = (16, [8, 24, 48, 12]) if args.quick else (32, [8, 30, 64, 120, 250, 16, 400, 90])
+    print(f"\n== agreement: {name}, {len(sizes)} prompts of {min(sizes)}-{max(sizes)} tokens, {new} new tokens")
+    for dtype in ("float32", "bfloat16"):
+        generator = TextGenerator(str(workdir / name), name=name, device=device, dtype=dtype,
+                                  max_new_tokens_limit=4096, max_prompt_chars=1_000_000)
+        pool = [prompts(generator, 1, n)[0] for n in sizes]
+        expected = [reference_text(generator, msgs, new) for msgs in pool]
+        result = {}
+        loop = asyncio.new_event_loop()
+        try:
+            for chunk in (None, 64):  # the default chunk, and one that splits the longer prompts
+                engine = ContinuousBatcher(generator, max_batch_size=len(pool), max_waiting=4 * len(pool),
+                                           max_batch_tokens=len(pool) * 2048, prefill_chunk_tokens=chunk)
+                try:
+                    alone = [engine.generate(msgs, Sampling(max_new_tokens=new)).text for msgs in pool]
+                    together = loop.run_until_complete(texts_together(engine, pool, [Sampling(max_new_tokens=new)] * len(pool)))
+                    seeded = Sampling(max_new_tokens=new, temperature=1.0, top_p=0.9, top_k=40, seed=7)
+                    seeded_alone = engine.generate(pool[1], seeded).text
+                    company = [Sampling(max_new_tokens=new, temperature=0.8)] * len(pool)
+                    company[1] = seeded
+                    seeded_together = loop.run_until_complete(texts_together(engine, pool, company))[1]
+                finally:
+                    engine.close()
+                key = f"chunk_{chunk or 'default'}"
+                result[key] = dict(alone=sum(a == e for a, e in zip(alone, expected)),
+                                   batched=sum(t == e for t, e in zip(together, expected)),
+                                   seeded_same=seeded_alone == seeded_together, of=len(pool))
+                r = result[key]
+                print(f"{dtype:9s} prefill chunk {chunk or 'default':>7}: equal to generate alone {r['alone']}/{r['of']}, "
+                      f"in a batch {r['batched']}/{r['of']}; seeded row same in company: {r['seeded_same']}")
+        finally:
+            loop.close()
+            del generator
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        rows[dtype] = result
+
+
+async def texts_together(engine: ContinuousBatcher, pool: list[list[Message]], samplings: list[Sampling]) -> list[str]:
+    """Every prompt submitted at once, so they share steps; each one's whole text."""
+
+    async def one(msgs: list[Message], sampling: Sampling) -> str:
+        return "".join([event.delta async for event in engine.astream(msgs, sampling)])
+
+    return list(await asyncio.gather(*(one(m, s) for m, s in zip(pool, samplings))))
+
+
 def check_embedding(args: argparse.Namespace, device: str, workdir: Path, report: dict) -> None:
     from ragrail.embedding.core import TextEmbedder
 
@@ -271,9 +345,10 @@ def main() -> None:
     parser.add_argument("--arrivals", type=int, default=64, help="callers arriving over --arrival-s")
     parser.add_argument("--arrival-s", type=float, default=2.0)
     parser.add_argument("--prefill-chunk", type=int, default=None,
-                        help="engine's prefill_chunk_tokens (default: the engine's, 4096 on CUDA)")
+                        help="engine's prefill_chunk_tokens (default: the engine's, 8192 on CUDA)")
     parser.add_argument("--embed-texts", type=int, default=4096)
     parser.add_argument("--embed-batch", type=int, default=256)
+    parser.add_argument("--skip-agreement", action="store_true", help="only the speed figures")
     parser.add_argument("--quick", action="store_true", help="CPU dry run: small sizes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -289,6 +364,8 @@ def main() -> None:
     report: dict = {"device": name, "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ragrail-gpu-check-") as tmp:
+        if not args.skip_agreement:
+            check_agreement(args.models.split(",")[0], args, device, Path(tmp) / "agreement", report)
         for model in args.models.split(","):
             check_generation(model, args, device, Path(tmp), report)
         check_embedding(args, device, Path(tmp), report)

@@ -9,7 +9,7 @@ import torch
 
 from ragrail.common.config import ModelDtype
 from ragrail.common.errors import FailedPrecondition
-from ragrail.common.models import DTYPES, dtype_name, pick_dtype
+from ragrail.common.models import DTYPES, dtype_name, pick_dtype, tune_cuda_attention
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,13 @@ def test_the_config_accepts_exactly_the_dtypes_pick_dtype_knows() -> None:
 
 def test_dtype_names_for_logs() -> None:
     assert [dtype_name(pick_dtype(s, "cuda")) for s in DTYPES] == ["bfloat16", "float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize(("device", "turned_off"), [("cuda", True), ("cuda:1", True), ("cpu", False)])
+def test_cuda_models_keep_attention_off_cudnn(device: str, turned_off: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's SDPA made masked decoding steps 4-8x slower on an H200 (see tune_cuda_attention)."""
+    state = {"cudnn": True}
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: state["cudnn"])
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: state.update(cudnn=on))
+    tune_cuda_attention(device)
+    assert state["cudnn"] is not turned_off

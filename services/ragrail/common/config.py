@@ -110,7 +110,12 @@ class GenerationSettings(Strict):
     )
     prefill_chunk_tokens: int | None = Field(
         None, ge=1, description="prompt tokens (padding counted) prefilled per step while other requests decode: "
-        "bounds their stall; default 512 on CPU, 4096 on CUDA"
+        "bounds their stall; default 512 on CPU, 8192 on CUDA"
+    )
+    prefill_burst_tokens: int | None = Field(
+        None, ge=1, description="prompt tokens prefilled per step when nothing is decoding (a burst from idle "
+        "shares one prefill; nobody stalls): bounds activation memory; default 4 x prefill_chunk_tokens, "
+        "at most max_batch_tokens"
     )
     max_waiting: int = Field(64, ge=1, description="requests waiting to join the batch; more get RESOURCE_EXHAUSTED")
     gather_wait_s: float = Field(

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from ragrail.common.errors import require
-from ragrail.common.models import dtype_name, pick_dtype
+from ragrail.common.models import dtype_name, pick_dtype, tune_cuda_attention
 
 if TYPE_CHECKING:
     from ragrail.common.config import EmbeddingSettings
@@ -50,6 +50,7 @@ class TextEmbedder:
         self.dtype = pick_dtype(dtype, device)
         self.max_batch_size = max_batch_size
         self.max_text_chars = max_text_chars
+        tune_cuda_attention(device)
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModel.from_pretrained(location, dtype=self.dtype).to(device).eval()
         self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)

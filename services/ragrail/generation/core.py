@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ragrail.common.errors import require
-from ragrail.common.models import pick_dtype
+from ragrail.common.models import pick_dtype, tune_cuda_attention
 
 if TYPE_CHECKING:
     from ragrail.common.config import GenerationSettings
@@ -120,6 +120,7 @@ class TextGenerator:
         self.default_max_new_tokens = min(default_max_new_tokens, max_new_tokens_limit)
         self.max_messages = max_messages
         self.max_prompt_chars = max_prompt_chars
+        tune_cuda_attention(device)
         self.tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
         self.model = AutoModelForCausalLM.from_pretrained(
             location, revision=revision, dtype=pick_dtype(dtype, device)

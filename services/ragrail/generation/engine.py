@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_GATHER_WAIT_CAP = 5  # from idle, the first request waits at most this many gather_wait_s for company
+_BURST_CHUNKS = 4  # from idle, a step prefills up to this many chunks' worth of prompt tokens (default)
+
 StepObserver = Callable[["StepStats"], None]
 
 
@@ -139,6 +142,7 @@ class ContinuousBatcher:
         max_waiting: int = 64,
         max_batch_tokens: int = 16_384,
         prefill_chunk_tokens: int | None = None,
+        prefill_burst_tokens: int | None = None,
         gather_wait_s: float = 0.01,
         observer: StepObserver | None = None,
         start: bool = True,
@@ -154,6 +158,9 @@ class ContinuousBatcher:
         self._model = generator.model
         self._device = generator.model.device
         self.prefill_chunk_tokens = max(1, prefill_chunk_tokens or _default_prefill_chunk(self._device))
+        # From idle: a few chunks' worth (activation memory), within the KV budget.
+        burst = prefill_burst_tokens or _BURST_CHUNKS * self.prefill_chunk_tokens
+        self.prefill_burst_tokens = max(self.prefill_chunk_tokens, min(self.max_batch_tokens, burst))
         self._num_layers = check_supported(generator.model)
         self._cache_kwarg = _cache_keyword(generator.model)
         # Only the last position's logits are needed: skip the vocabulary projection of the rest.
@@ -274,16 +281,19 @@ class ContinuousBatcher:
         self._fail_all(None)
 
     def _gather_while_idle(self) -> None:
-        """From idle, the first request waits up to ``gather_wait_s`` for company (lock held).
+        """From idle, the first request waits a little for company (lock held).
 
         Requests that arrive together (a burst, a fan-out) then share one prefill instead
-        of the first being prefilled alone while the rest wait for it.
+        of the first being prefilled alone while the rest wait for it. The wait ends
+        ``gather_wait_s`` after the latest arrival (callers tokenizing one after another
+        still count as one burst), at ``_GATHER_WAIT_CAP`` times that after the first, or
+        as soon as a full batch waits.
         """
         if self._running or self._prefill or not self._waiting:
             return
-        until = self._waiting[0].enqueued_at + self.gather_wait_s
+        cap = self._waiting[0].enqueued_at + _GATHER_WAIT_CAP * self.gather_wait_s
         while len(self._waiting) < self.max_batch_size and not self._closed:
-            left = until - time.monotonic()
+            left = min(cap, self._waiting[-1].enqueued_at + self.gather_wait_s) - time.monotonic()
             if left <= 0:
                 return
             self._cond.wait(left)
@@ -335,8 +345,16 @@ class ContinuousBatcher:
             outbox += [(r, _Finished(FinishReason.CANCELLED)) for r in self._running.rows if r.cancel.is_set()]
             self._running = self._select(self._running, keep)
 
+    def _prefill_budget(self) -> int:
+        """Prompt tokens per step: a chunk while rows decode (it bounds their stall); from
+        idle nobody stalls, so a burst is prefilled in fewer, larger steps."""
+        if self._running is not None:
+            return self.prefill_chunk_tokens
+        return self.prefill_burst_tokens
+
     def _admit(self, outbox: list[tuple[_Request, int | _Finished]]) -> None:
         rows = list(self._running.rows) if self._running is not None else []
+        budget = self._prefill_budget()
         reserved = sum(r.reserved_tokens for r in rows)
         admitted: list[_Request] = []
         width = 0
@@ -346,7 +364,7 @@ class ContinuousBatcher:
                 if reserved + head.reserved_tokens > self.max_batch_tokens:
                     break  # oldest first: a big request is not overtaken forever by small ones
                 grown = max(width, head.prompt.token_count)
-                if admitted and grown * (len(admitted) + 1) > self.prefill_chunk_tokens:
+                if admitted and grown * (len(admitted) + 1) > budget:
                     break  # the next group takes it, one step later
                 admitted.append(self._waiting.popleft())
                 self._touched.append(head)
@@ -369,7 +387,7 @@ class ContinuousBatcher:
     def _prefill_chunk(self, outbox: list[tuple[_Request, int | _Finished]]) -> int:
         p = self._prefill
         assert p is not None
-        columns = max(1, self.prefill_chunk_tokens // len(p.rows))
+        columns = max(1, self._prefill_budget() // len(p.rows))
         start, end = p.done_columns, min(p.width, p.done_columns + columns)
         logits = self._forward(p.input_ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache)
         p.done_columns = end
@@ -561,9 +579,10 @@ def _accepts(model: torch.nn.Module, keyword: str) -> bool:
 
 
 def _default_prefill_chunk(device: torch.device) -> int:
-    """A GPU prefills thousands of tokens in about the time of one decoding step; a CPU core
-    needs ~1 ms per token of a 135M model, so there a chunk is kept short."""
-    return 4096 if device.type == "cuda" else 512
+    """A GPU prefills thousands of tokens in about the time of one decoding step (8192 is
+    also vLLM's default step budget on large GPUs); a CPU core needs ~1 ms per token of a
+    135M model, so there a chunk is kept short."""
+    return 8192 if device.type == "cuda" else 512
 
 
 def build_engine(settings: GenerationSettings, models_dir: Path, observer: StepObserver | None = None) -> ContinuousBatcher:
@@ -573,6 +592,7 @@ def build_engine(settings: GenerationSettings, models_dir: Path, observer: StepO
         max_waiting=settings.max_waiting,
         max_batch_tokens=settings.max_batch_tokens,
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        prefill_burst_tokens=settings.prefill_burst_tokens,
         gather_wait_s=settings.gather_wait_s,
         observer=observer,
     )

@@ -318,11 +318,12 @@ class TransformersClassifierScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ragrail.common.models import dtype_name, pick_dtype, resolve_model
+        from ragrail.common.models import dtype_name, pick_dtype, resolve_model, tune_cuda_attention
 
         require(batch_size >= 1, "batch_size must be at least 1")
         location = resolve_model(model, models_dir or Path("."))
         self.dtype = pick_dtype(dtype, device)
+        tune_cuda_attention(device)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
             self._model = AutoModelForSequenceClassification.from_pretrained(
