@@ -49,7 +49,12 @@ def generate(out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "services")
-    generate(parser.parse_args().out)
+    out = parser.parse_args().out
+    generate(out)
+    if out == ROOT / "services":  # ragrail-client carries its own copy of the gateway stubs
+        import gen_client_protos  # scripts/ is on sys.path when run as a script
+
+        gen_client_protos.generate(gen_client_protos.OUT)
 
 
 if __name__ == "__main__":

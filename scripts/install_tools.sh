@@ -7,6 +7,9 @@
 # the tests that need promtool are skipped with that reason.
 set -euo pipefail
 
+# buf and the TypeScript example's dependencies, from npm (issue 16); never fails the build.
+bash "$(dirname "$0")/install_client_tools.sh"
+
 if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     exit 0
 fi

@@ -4,7 +4,7 @@
 
 No Grafana needed: every panel of deploy/helm/ragrail/files/dashboards/ragrail.json is laid out
 on the same 24-column grid, each query run through Prometheus's /api/v1/query_range with
-Grafana's variables replaced ($__rate_interval -> --rate, $pipeline -> all), and plotted with
+Grafana's variables replaced ($__rate_interval -> --rate, $pipeline and $namespace -> all), and plotted with
 matplotlib in Grafana's dark colours. It shows what the dashboard shows, not pixel for pixel.
 matplotlib is not a ragrail dependency: `pip install matplotlib` (anywhere on PYTHONPATH).
 """
@@ -109,7 +109,7 @@ def draw(args: argparse.Namespace) -> None:
         right = None
         lines, names, colour = [], [], 0
         for target in panel["targets"]:
-            expr = target["expr"].replace("$__rate_interval", args.rate).replace('"$pipeline"', '".*"')
+            expr = target["expr"].replace("$__rate_interval", args.rate).replace('"$pipeline"', '".*"').replace('"$namespace"', '".*"')
             for series in query_range(args.prometheus, expr, start, end, args.step):
                 values = [(float(t), float(v)) for t, v in series["values"]]
                 values = [(t, v) for t, v in values if math.isfinite(v)]

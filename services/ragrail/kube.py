@@ -8,8 +8,10 @@ The mapping, for each service in :data:`ragrail.stack.SERVICES`:
 
 - one Serve application ``name=<service>``, ``route_prefix=/<service>``,
   ``import_path=ragrail.<service>.deployment:build_app`` (what the local stack runs);
-- ``args``: the whole ragrail config as written (keys left unset keep the defaults the
-  replicas apply themselves), so a replica sees exactly the settings the gateway reads;
+- ``args``: the service's own section of the ragrail config as written, plus the keys
+  every service shares (:func:`ragrail.common.serving.app_config`; keys left unset keep the
+  defaults the replicas apply themselves), so changing one service's options redeploys that
+  application alone and a gateway-only change leaves the RayService untouched;
 - ``deployments``: one entry, named like the ``@serve.deployment`` class
   (:data:`DEPLOYMENT_NAMES`), carrying the service's ``deployment`` block. That block is
   already in Ray Serve's vocabulary (``num_replicas``, ``max_ongoing_requests``,
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ragrail.common.config import Settings
+from ragrail.common.serving import app_config
 from ragrail.stack import FAST_PATH_ENV, REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES, app_import_path
 
 # The names given by @serve.deployment(name=...) in ragrail.<service>.deployment.
@@ -74,7 +77,7 @@ def serve_config_v2(settings: Settings, extra_env: dict[str, str] | None = None)
                 "route_prefix": f"/{service}",
                 "import_path": app_import_path(service),
                 "runtime_env": {"env_vars": env_vars},
-                "args": args,
+                "args": app_config(args, service),
                 "deployments": [deployment_options(service, dict(block))],
             }
         )

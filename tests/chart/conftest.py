@@ -106,6 +106,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The shipped GPU profile, rendered and validated like the scenarios above.
+SCENARIOS["gpu-profile"] = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+
 
 def chart_available() -> None:
     pytest.importorskip("helm_python", reason="pip install -e '.[dev]' (helm-python-sdk)")

@@ -9,6 +9,7 @@ from importlib import resources
 import pytest
 
 from ragrail.common.config import Settings, load_settings
+from ragrail.common.serving import app_config, default_cpu_threads
 from ragrail.kube import DEPLOYMENT_NAMES, config_mapping, serve_config_v2
 from ragrail.stack import REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES
 
@@ -33,7 +34,8 @@ def test_packaged_config_maps_to_a_valid_serve_config() -> None:
         assert app["name"] == service and app["route_prefix"] == f"/{service}"
         assert app["import_path"] == f"ragrail.{service}.deployment:build_app"
         assert app["runtime_env"] == {"env_vars": REPLICA_ENV}
-        assert app["args"] == config_mapping(settings)
+        assert app["args"] == app_config(config_mapping(settings), service)
+        assert set(app["args"]) <= {"data_dir", "models_dir", service}
         [deployment] = app["deployments"]
         assert deployment == {"name": DEPLOYMENT_NAMES[service], **getattr(settings, service).deployment}
 
@@ -57,3 +59,21 @@ def test_deployment_keys_serve_does_not_take_are_rejected(key: str) -> None:
     settings = Settings.model_validate({"generation": {"deployment": {key: 2}}})
     with pytest.raises(ValueError, match=f"generation.deployment: not Ray Serve deployment options: {key}"):
         serve_config_v2(settings)
+
+
+def test_an_app_rebuilds_its_own_section_from_its_args_alone() -> None:
+    full = load_settings(None, models_dir="/models", generation={"max_waiting": 7}, gateway={"port": 6000})
+    for service in SERVICES:
+        args = app_config(config_mapping(full), service)
+        assert "gateway" not in args
+        rebuilt = Settings.model_validate(args)  # what replica_settings does, less the library setup
+        assert getattr(rebuilt, service) == getattr(full, service)
+        assert rebuilt.models_path == full.models_path and rebuilt.qdrant_path == full.qdrant_path
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(None, None), ("", None), ("1", 1), ("10000", None), ("x", None)])
+def test_cpu_threads_default_is_capped_by_the_pods_cpu_limit(limit: str | None, expected: int | None) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_cpu_threads(limit) == (cores if expected is None else expected)

@@ -177,8 +177,9 @@ def test_serve_config_equals_kube_serve_config_v2_of_the_same_config(rendered: R
     settings = Settings.model_validate(r.config)  # the gateway's config is valid for the code
     expected = serve_config_v2(settings, extra_env=r.values.get("rayService", {}).get("serveEnv"))
     assert r.serve_config == expected
-    # ...and every application gets that config whole, as its args.
-    assert all(app["args"] == r.config for app in r.serve_config["applications"])
+    # ...and every application gets its own section of that config (and the shared keys) only.
+    for app in r.serve_config["applications"]:
+        assert app["args"] == {k: r.config[k] for k in ("data_dir", "models_dir", app["name"])}
 
 
 def test_default_config_is_the_packaged_one_plus_kubernetes_wiring(rendered: Render) -> None:
@@ -350,7 +351,7 @@ def test_api_keys_secret_is_a_valid_keys_file(rendered: Render, scenario: str, t
 
 def test_auth_off_means_no_keys_secret(rendered: Render) -> None:
     r = rendered("cpu-embedded")
-    assert not r.all("Secret")
+    assert [s["metadata"]["name"] for s in r.all("Secret")] == [f"{FULLNAME}-prompt-tag"]  # no keys Secret
     assert r.config["gateway"]["auth"] == {"enabled": False}
 
 
@@ -521,7 +522,10 @@ def test_monitors_select_what_exports_metrics(rendered: Render, scenario: str) -
 
 
 def test_prometheus_rule_is_the_rules_file(rendered: Render) -> None:
-    rules_file = yaml.safe_load((CHART / "files" / "prometheus" / "ragrail-rules.yaml").read_text())
+    text = (CHART / "files" / "prometheus" / "ragrail-rules.yaml").read_text()
+    # ...scoped to the release's namespace (the file matches any namespace).
+    rules_file = yaml.safe_load(text.replace('namespace=~".*"', f'namespace="{NAMESPACE}"'))
+    assert 'namespace=~".*"' in text
     assert rendered("default").get("PrometheusRule")["spec"] == rules_file
 
 

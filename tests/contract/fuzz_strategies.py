@@ -139,6 +139,16 @@ def embed_request(max_batch: int, max_chars: int) -> st.SearchStrategy[embedding
     )
 
 
+def chunk_request(max_chars: int) -> st.SearchStrategy[embedding_pb2.ChunkRequest]:
+    """A document of any alphabet or past the size limit, any token sizes (0 = the window)."""
+    return st.builds(
+        lambda t, m, o: embedding_pb2.ChunkRequest(text=t, max_tokens=m, overlap_tokens=o),
+        field_text(["# Fares\n\n" + " ".join(SENTENCES) * 20], max_chars, max_chars + 1, max_size=2000),
+        uint32(4, 8, 64, 256, 257),
+        uint32(4, 63, 64, 256),
+    )
+
+
 def moderate_request(max_batch: int, max_chars: int) -> st.SearchStrategy[moderation_pb2.ModerateRequest]:
     texts = field_text(SENTENCES, max_chars, max_chars + 1)
     categories = enum(list(moderation_pb2.Category.values()))
@@ -308,9 +318,11 @@ def upsert_request(collection: str, dimension: int, max_batch: int) -> st.Search
 
 def search_request(collection: str, dimension: int, max_top_k: int) -> st.SearchStrategy[retrieval_pb2.SearchRequest]:
     def build(
-        name: str, vector: list[float], top_k: int, threshold: float | None, f: Any, fields: list[str]
+        name: str, vector: list[float], top_k: int, threshold: float | None, f: Any, fields: list[str], words: str
     ) -> retrieval_pb2.SearchRequest:
-        request = retrieval_pb2.SearchRequest(collection=name, vector=vector, top_k=top_k, filter=f, payload_fields=fields)
+        request = retrieval_pb2.SearchRequest(
+            collection=name, vector=vector, top_k=top_k, filter=f, payload_fields=fields, query_text=words
+        )
         if threshold is not None:
             request.score_threshold = threshold
         return request
@@ -323,6 +335,7 @@ def search_request(collection: str, dimension: int, max_top_k: int) -> st.Search
         st.none() | FLOATS,
         _filter(),
         repeated(field_text(_KEYS), 3, "k", 10_000),
+        field_text(["", *SENTENCES], 4096, 4097),  # hybrid search's query text
     )
 
 
@@ -487,6 +500,13 @@ def content(max_size: int = 200) -> st.SearchStrategy[str]:
 
 def plausible_embed(max_batch: int) -> st.SearchStrategy[embedding_pb2.EmbedRequest]:
     return st.builds(lambda t: embedding_pb2.EmbedRequest(texts=t), st.lists(content(), min_size=1, max_size=max_batch))
+
+
+def plausible_chunk() -> st.SearchStrategy[embedding_pb2.ChunkRequest]:
+    return st.builds(
+        lambda t, m, o: embedding_pb2.ChunkRequest(text=t, max_tokens=m, overlap_tokens=o),
+        content(2000), st.sampled_from([0, 16, 24, 32]), st.integers(0, 4),
+    )
 
 
 def plausible_moderate(configured: list[int]) -> st.SearchStrategy[moderation_pb2.ModerateRequest]:

@@ -248,6 +248,7 @@ DIMENSION = 3
 MAX_TOP_K = 10  # VectorStore(max_top_k=10) in test_services_contract's fixture
 RETRIEVAL_BATCH = 512
 EMBED_BATCH, EMBED_CHARS = 8, 8192
+EMBED_DOCUMENT_CHARS = 20_000  # test_services_contract.py's embedder
 MODERATE_BATCH, MODERATE_CHARS = 256, 16_000
 GATEWAY_DOCUMENTS, GATEWAY_DOCUMENT_CHARS = 16, 20_000
 QUERY_CHARS = 2000
@@ -263,6 +264,7 @@ CONFIGURED_CATEGORIES = [moderation_pb2.CATEGORY_TOXICITY, moderation_pb2.CATEGO
 
 SERVICE_TARGETS = [
     Target(f"/{EMBED}/Embed", embedding_pb2.EmbedRequest, fs.embed_request(EMBED_BATCH, EMBED_CHARS), fs.plausible_embed(EMBED_BATCH)),
+    Target(f"/{EMBED}/Chunk", embedding_pb2.ChunkRequest, fs.chunk_request(EMBED_DOCUMENT_CHARS), fs.plausible_chunk()),
     Target(
         f"/{MODERATE}/Moderate", moderation_pb2.ModerateRequest, fs.moderate_request(MODERATE_BATCH, MODERATE_CHARS),
         fs.plausible_moderate(CONFIGURED_CATEGORIES),

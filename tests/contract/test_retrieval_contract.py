@@ -191,6 +191,12 @@ EVERY_RPC: dict[str, Callable[[Any], Any]] = {
     "Search": lambda s: s.Search(pb.SearchRequest(collection="docs", vector=[1.0, 0.0], top_k=1, filter=MATCH)),
     "Delete by ids": lambda s: s.Delete(pb.DeleteRequest(collection="docs", ids=[uid(1)])),
     "Delete by filter": lambda s: s.Delete(pb.DeleteRequest(collection="docs", filter=MATCH)),
+    "CommitDocument": lambda s: s.CommitDocument(
+        pb.CommitDocumentRequest(collection="docs", document_id="a.md", version="v1", expected_points=1)
+    ),
+    "DiscardDocumentVersion": lambda s: s.DiscardDocumentVersion(
+        pb.DiscardDocumentVersionRequest(collection="docs", document_id="a.md", version="v1")
+    ),
 }
 
 

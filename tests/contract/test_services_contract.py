@@ -54,6 +54,7 @@ ALL_SERVICES = [EMBEDDING, RETRIEVAL, GENERATION, MODERATION]
 
 GEN_LIMIT = 64
 EMBED_MAX_TOKENS = 32
+EMBED_DOCUMENT_CHARS = 20_000
 
 
 def uid(n: int) -> str:
@@ -88,7 +89,9 @@ class Stack:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(grpc_server, minilm_path: str, tiny_llama_dir: Path, tmp_path_factory) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
-    embedder = TextEmbedder(minilm_path, name="all-MiniLM-L6-v2", max_batch_size=8, max_tokens=EMBED_MAX_TOKENS)
+    embedder = TextEmbedder(
+        minilm_path, name="all-MiniLM-L6-v2", max_batch_size=8, max_tokens=EMBED_MAX_TOKENS, max_document_chars=EMBED_DOCUMENT_CHARS
+    )
     store = VectorStore(path=str(tmp_path_factory.mktemp("qdrant")), max_top_k=10)
     generator = ContinuousBatcher(TextGenerator(
         str(tiny_llama_dir), name="tiny", dtype="float32", max_new_tokens_limit=GEN_LIMIT, default_max_new_tokens=8
@@ -187,6 +190,28 @@ async def test_embed_flags_truncated_texts(stack: Stack) -> None:
 async def test_embed_bad_input_is_invalid_argument(stack: Stack, texts: list[str], fragment: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stack.embedding.Embed(embedding_pb2.EmbedRequest(texts=texts))
+    assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, fragment)
+
+
+async def test_chunk_splits_in_the_models_tokens_and_every_chunk_embeds_whole(stack: Stack) -> None:
+    text = "# Fares\n\n## Refunds\n\n" + " ".join(f"Rule {i}: refunds need {i} days notice." for i in range(80))
+    reply = await stack.embedding.Chunk(embedding_pb2.ChunkRequest(text=text, max_tokens=0, overlap_tokens=4))
+    assert reply.window == EMBED_MAX_TOKENS and reply.model == "all-MiniLM-L6-v2"
+    assert len(reply.chunks) > 2
+    assert all(c.heading == "Fares > Refunds" and c.token_count <= EMBED_MAX_TOKENS for c in reply.chunks[1:])
+    embedded = await stack.embedding.Embed(embedding_pb2.EmbedRequest(texts=[c.text for c in reply.chunks[:8]]))
+    assert not any(e.truncated for e in embedded.embeddings), "a chunk the model cuts would lose its end"
+    assert [e.token_count for e in embedded.embeddings] == [c.token_count for c in reply.chunks[:8]]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "fragment"),
+    [({"text": "  "}, "text is empty"), ({"text": "x " * 100, "max_tokens": 4}, "leaves no room"),
+     ({"text": "x " * 100, "overlap_tokens": 10_000}, "overlap_tokens must be in")],
+)
+async def test_chunk_bad_input_is_invalid_argument(stack: Stack, request_fields: dict, fragment: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stack.embedding.Chunk(embedding_pb2.ChunkRequest(**request_fields))
     assert_clean_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, fragment)
 
 

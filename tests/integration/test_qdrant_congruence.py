@@ -633,3 +633,64 @@ def test_docker_detection_gives_a_reason_or_none() -> None:
     reason = docker_unavailable_reason()
     assert reason is None or (reason and "\n" not in reason)
 
+
+
+# -- hybrid search (dense + BM25, RRF): the same fused order everywhere ------------------------
+
+HYBRID_TEXTS = [
+    "The Puffin ferry carries 300 passengers between Ostervik and Brennhaven.",
+    "Refunds are possible up to 7 days before departure, in full.",
+    "The Valley Line has 5 stations and three passing loops.",
+    "Bicycles travel free on the Coastal Line outside the rush hour.",
+    "Dogs on a lead travel free; other pets need a carrier.",
+    "The night train to Fernholt leaves Ostervik Central at 23:40.",
+]
+HYBRID_QUERIES = [
+    "How many passengers does the Puffin carry?",
+    "When does the night train to Fernholt leave?",
+    "Can I take my bicycle on the Coastal Line?",
+]
+
+
+def run_hybrid(store: Any, collection: str) -> list[list[tuple[str, float]]]:
+    """Fused rankings, with and without a threshold, as (id, dense score) lists."""
+    rng = np.random.default_rng(99)
+    vectors = [_unit(rng.normal(size=DIM)) for _ in HYBRID_TEXTS]
+    store.ensure_collection(collection, DIM)
+    assert store.describe(collection).lexical
+    store.upsert(collection, [Point(uid(i), v.tolist(), {"text": t}) for i, (t, v) in enumerate(zip(HYBRID_TEXTS, vectors))])
+    out = []
+    for i, question in enumerate(HYBRID_QUERIES):
+        query = _unit(vectors[(i + 1) % len(vectors)] + 0.6 * vectors[[0, 5, 3][i]]).tolist()
+        for threshold in (None, 0.2):
+            hits = store.search(collection, query, top_k=4, score_threshold=threshold, query_text=question)
+            out.append([(h.id, round(h.score, 4)) for h in hits])
+    store.delete_collection(collection)
+    return out
+
+
+def test_hybrid_search_agrees_in_both_embedded_engines(tmp_path: Path) -> None:
+    results = {}
+    for engine in ("edge", "local"):
+        store = VectorStore(path=str(tmp_path / engine), engine=engine)  # type: ignore[arg-type]
+        try:
+            results[engine] = run_hybrid(store, "hybrid")
+        finally:
+            store.close()
+    assert results["edge"] == results["local"]
+    # The words matter: each question's passage is first although the vector leans elsewhere.
+    assert [r[0][0] for r in results["edge"][::2]] == [uid(0), uid(5), uid(3)]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_hybrid_search_on_a_qdrant_server_matches_embedded(qdrant_server: Server, transport: str, tmp_path: Path) -> None:
+    embedded_store = VectorStore(path=str(tmp_path / "edge"))
+    try:
+        expected = run_hybrid(embedded_store, "hybrid")
+    finally:
+        embedded_store.close()
+    store = _remote_store(qdrant_server, prefer_grpc=transport == "grpc")
+    try:
+        assert run_hybrid(store, f"hybrid_{transport}") == expected
+    finally:
+        store.close()

@@ -21,7 +21,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragrail.common.errors import CollectionMissing, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ragrail.common.errors import (
+    CollectionMissing,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from ragrail.gateway.chunking import chunk_text
 from ragrail.gateway.backends import (
     Backends,
     ChatTurn,
@@ -176,6 +184,7 @@ class FakeEmbedding:
     def __init__(self, dimension: int = DIMENSION) -> None:
         self.dimension = dimension
         self.calls: list[tuple[str, ...]] = []
+        self.chunked: list[tuple[int, int, int]] = []  # (characters, max_tokens, overlap_tokens)
         self.faults = Faults()
 
     def vector(self, text: str) -> list[float]:
@@ -192,6 +201,13 @@ class FakeEmbedding:
         self.calls.append(tuple(texts))
         return [self.vector(t) for t in texts]
 
+    async def chunk(self, text: str, max_tokens: int, overlap_tokens: int, timeout: float) -> list[str]:
+        """Characters for tokens (about 4 per token): the real split is the service's."""
+        assert timeout > 0
+        await self.faults.apply()
+        self.chunked.append((len(text), max_tokens, overlap_tokens))
+        return chunk_text(text, 4 * max_tokens, 4 * overlap_tokens)
+
 
 @dataclass
 class _Collection:
@@ -205,6 +221,7 @@ class FakeRetrieval:
     def __init__(self) -> None:
         self.collections: dict[str, _Collection] = {}
         self.searches: list[tuple[str, int, float]] = []  # (collection, top_k, threshold)
+        self.query_texts: list[str | None] = []  # what hybrid searches were given
         self.filters: list[dict[str, Any]] = []  # each search's payload filter ({} without one)
         self.faults = Faults()
 
@@ -242,17 +259,21 @@ class FakeRetrieval:
         threshold: float,
         timeout: float,
         filters: Mapping[str, Any] | None = None,
+        query_text: str | None = None,
     ) -> list[Passage]:
         assert timeout > 0
         await self.faults.apply()
         self.searches.append((collection, top_k, threshold))
+        self.query_texts.append(query_text)
         self.filters.append(dict(filters or {}))
         coll = self.collections.get(collection)
         if coll is None:
             raise CollectionMissing.named(collection)  # like the gRPC client
         self._check_dimension(coll, vector)
         scored = [
-            (_cosine(vector, v), payload) for v, payload in coll.points.values() if _matches(payload, filters or {})
+            (_cosine(vector, v), payload)
+            for v, payload in coll.points.values()
+            if _matches(payload, filters or {}) and payload.get("staged") is not True  # like the service
         ]
         hits = sorted((s for s in scored if s[0] >= threshold), key=lambda s: s[0], reverse=True)
         return [
@@ -267,6 +288,8 @@ class FakeRetrieval:
 
     async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int:
         assert timeout > 0
+        if collection not in self.collections:
+            raise CollectionMissing.named(collection)  # like the gRPC client
         coll = self._get(collection)
         for chunk in chunks:
             self._check_dimension(coll, chunk.vector)
@@ -284,6 +307,31 @@ class FakeRetrieval:
             if payload.get("document_id") == document_id and int(payload.get("chunk_index", 0)) >= keep_below
         ]
         for pid in stale:
+            del coll.points[pid]
+
+    async def commit_document(
+        self, collection: str, document_id: str, version: str, expected_points: int, timeout: float
+    ) -> int:
+        """Like the retrieval service's CommitDocument (one step: nothing interleaves)."""
+        assert timeout > 0
+        await self.faults.apply()
+        coll = self._get(collection)
+        mine = [p for p, (_, pl) in coll.points.items() if pl.get("document_id") == document_id and pl.get("version") == version]
+        if len(mine) != expected_points:
+            raise FailedPrecondition(f"document {document_id!r} was replaced by a concurrent ingest")
+        others = [p for p, (_, pl) in coll.points.items() if pl.get("document_id") == document_id and p not in mine]
+        for pid in others:
+            del coll.points[pid]
+        for pid in mine:
+            coll.points[pid][1].pop("staged", None)
+        return len(others)
+
+    async def discard_document_version(
+        self, collection: str, document_id: str, version: str, timeout: float
+    ) -> None:
+        assert timeout > 0
+        coll = self._get(collection)
+        for pid in [p for p, (_, pl) in coll.points.items() if pl.get("document_id") == document_id and pl.get("version") == version]:
             del coll.points[pid]
 
     # Test helpers (not part of the protocol).

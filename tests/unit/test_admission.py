@@ -196,3 +196,34 @@ async def test_many_concurrent_requests_never_exceed_the_limits() -> None:
     assert outcomes.count("ok") == 3 + 4
     assert outcomes.count("refused") == 20 - 7
     assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+async def test_full_says_whether_a_request_now_would_be_refused_at_once() -> None:
+    admission = Admission("ingest", max_in_flight=1, max_queue=1, retry_after_s=3.0, what="the gateway's class")
+    assert not admission.full
+    [running] = await fill(admission, 1)
+    assert not admission.full, "one may still queue"
+    [waiting] = await fill(admission, 1)
+    assert admission.full
+    refusal = admission.refusal()
+    assert refusal.retry_after_s == 3.0
+    assert refusal.message.startswith("the gateway's class ingest is at capacity (1 running, 1 queued)")
+    await running.done()
+    await waiting.done()
+    assert not admission.full
+
+
+def test_admission_settings_keep_each_class_below_the_rpc_limit() -> None:
+    from pydantic import ValidationError
+
+    from ragrail.common.config import GatewayAdmissionSettings
+
+    ok = GatewayAdmissionSettings()
+    assert ok.ingest.max_in_flight + ok.ingest.max_queue < ok.max_concurrent_rpcs
+    with pytest.raises(ValidationError, match=r"admission.ingest: max_in_flight \+ max_queue \(40\) must be below"):
+        GatewayAdmissionSettings.model_validate(
+            {"max_concurrent_rpcs": 40, "query": {"max_in_flight": 8, "max_queue": 8, "max_wait_s": 1},
+             "ingest": {"max_in_flight": 20, "max_queue": 20, "max_wait_s": 1}}
+        )
+    with pytest.raises(ValidationError, match="max_queue"):  # a class is given whole
+        GatewayAdmissionSettings.model_validate({"ingest": {"max_in_flight": 4}})

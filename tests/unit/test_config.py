@@ -114,7 +114,7 @@ def test_pipelines_dir_points_at_a_spec_folder(tmp_path: Path) -> None:
 
 def test_the_default_pipelines_folder_is_valid() -> None:
     refs = sorted(s.ref for s in load_pipeline_dir(load_settings().pipelines_path).specs)
-    assert refs == ["rag@1", "rag@2", "summarize_sentiment@1"]
+    assert refs == ["rag@1", "rag@2", "rag@3", "summarize_sentiment@1"]
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:

@@ -175,7 +175,9 @@ def test_the_recording_covers_every_case_and_outcome(golden: dict[str, Any]) -> 
 def test_the_rewrites_are_the_kind_expansions() -> None:
     packaged = {s.ref: s for s in load_pipeline_dir(PACKAGED).specs}
     kinds = {s.ref: s for s in load_pipeline_dir(DATA / "kind_specs").specs}
-    assert set(packaged) == set(kinds)
+    assert set(kinds) == set(packaged) - {"rag@3"}  # rag@3 (ground stage) has no kind form
     for ref, spec in packaged.items():
+        if ref not in kinds:
+            continue
         assert spec.kind is None and kinds[ref].kind is not None
         assert spec.stages == kinds[ref].stages, ref

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from ragrail.common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from ragrail.gateway import ingestion
 from ragrail.gateway.chunking import chunk_text
 from ragrail.gateway.ingestion import IngestDocument, Ingestor, IngestOutcome, point_id
@@ -37,15 +38,34 @@ async def stack() -> FakeStack:
     return fakes
 
 
-def make_ingestor(fakes: FakeStack) -> Ingestor:
+class Versions:
+    """Deterministic versions: v1, v2, ... (one per ingest of a document)."""
+
+    def __init__(self) -> None:
+        self.issued = 0
+
+    def __call__(self) -> str:
+        self.issued += 1
+        return f"v{self.issued}"
+
+
+def make_ingestor(fakes: FakeStack, max_documents: int = MAX_DOCUMENTS) -> Ingestor:
     return Ingestor(
         fakes.backends,
         collection=COLLECTION,
         chunk_chars=CHUNK_CHARS,
         overlap_chars=OVERLAP,
-        max_documents=MAX_DOCUMENTS,
+        max_documents=max_documents,
         max_document_chars=MAX_DOCUMENT_CHARS,
+        version_factory=versions_of(fakes),
     )
+
+
+def versions_of(fakes: FakeStack) -> Versions:
+    """One version sequence per store, shared by every ingestor over it (gateway replicas)."""
+    if not hasattr(fakes, "versions"):
+        fakes.versions = Versions()  # type: ignore[attr-defined]
+    return fakes.versions  # type: ignore[attr-defined]
 
 
 def chunks_of(text: str) -> list[str]:
@@ -75,11 +95,12 @@ def test_test_documents_make_several_chunks() -> None:
 
 
 def test_point_id_is_a_stable_uuid() -> None:
-    first = point_id("guide.md", 3)
-    assert first == point_id("guide.md", 3)
+    first = point_id("guide.md", 3, "v1")
+    assert first == point_id("guide.md", 3, "v1")
     assert str(uuid.UUID(first)) == first
     # Derived from a fixed namespace, not from the process: pinned value.
-    assert first == str(uuid.uuid5(ingestion._POINT_NAMESPACE, "guide.md\x003"))
+    assert first == str(uuid.uuid5(ingestion._POINT_NAMESPACE, "guide.md\x00v1\x003"))
+    assert point_id("guide.md", 3, "v2") != first  # a new version never overwrites the old one
 
 
 def test_point_ids_are_distinct() -> None:
@@ -96,8 +117,11 @@ async def test_ingest_stores_every_chunk_under_its_point_id(stack: FakeStack) ->
     assert await count(stack) == len(expected)
     points = stack.retrieval.collections[COLLECTION].points
     for index, text in enumerate(expected):
-        vector, payload = points[point_id("guide.md", index)]
-        assert payload == {"document_id": "guide.md", "chunk_index": index, "text": text, "source": "/tmp/guide.md"}
+        vector, payload = points[point_id("guide.md", index, "v1")]
+        # Committed: the staged marker is gone.
+        assert payload == {
+            "document_id": "guide.md", "version": "v1", "chunk_index": index, "text": text, "source": "/tmp/guide.md"
+        }
         assert vector == stack.embedding.vector(text)
 
 
@@ -115,13 +139,16 @@ async def test_ingested_text_is_retrievable(stack: FakeStack) -> None:
 
 async def test_reingesting_the_same_document_does_not_grow_the_store(stack: FakeStack) -> None:
     doc = IngestDocument("guide.md", LONG_TEXT)
-    await ingest(stack, doc)
+    ingestor = make_ingestor(stack)
+    await ingestor.ingest([doc], Deadline(30.0))
     before = dict(stack.retrieval.collections[COLLECTION].points)
 
-    [outcome] = await ingest(stack, doc)
+    [outcome] = await ingestor.ingest([doc], Deadline(30.0))
 
     assert outcome.chunks_stored == len(before)
-    assert stack.retrieval.collections[COLLECTION].points.keys() == before.keys()
+    after = stack.retrieval.collections[COLLECTION].points
+    assert after.keys() == {point_id("guide.md", i, "v2") for i in range(len(before))}
+    assert {p["version"] for _, p in after.values()} == {"v2"}
     assert await count(stack) == len(chunks_of(LONG_TEXT))
 
 
@@ -196,7 +223,7 @@ async def test_batching_keeps_positions_and_ids_aligned(stack: FakeStack, monkey
     assert outcome.chunks_stored == len(expected)
     points = stack.retrieval.collections[COLLECTION].points
     for index, chunk in enumerate(expected):
-        assert points[point_id("guide.md", index)][1]["text"] == chunk
+        assert points[point_id("guide.md", index, "v1")][1]["text"] == chunk
     assert [len(batch) for batch in stack.embedding.calls] == [3, 3, 3, 3, 3]
 
 
@@ -284,3 +311,185 @@ async def test_an_expired_deadline_stops_ingestion_before_any_call(stack: FakeSt
     with pytest.raises(DeadlineExceeded):
         await make_ingestor(stack).ingest([IngestDocument("guide.md", LONG_TEXT)], Deadline(-1.0))
     assert stack.moderation.faults.attempts == 0 and await count(stack) == 0
+
+
+# --- atomic versions, serialized by id (issue #11) ---------------------------------------
+
+
+def visible_versions(fakes: FakeStack, document_id: str) -> dict[str, list[str]]:
+    """What a reader can see of a document: version -> its chunk texts by index."""
+    found: dict[str, dict[int, str]] = {}
+    for p in fakes.retrieval.payloads(COLLECTION):
+        if p["document_id"] == document_id and p.get("staged") is not True:
+            found.setdefault(p["version"], {})[p["chunk_index"]] = p["text"]
+    return {v: [chunks[i] for i in sorted(chunks)] for v, chunks in found.items()}
+
+
+def watch_every_write(fakes: FakeStack, document_id: str, seen: list[dict[str, list[str]]]) -> None:
+    """Records what a reader sees after every upsert and commit, and yields to other tasks
+    between them (as a gRPC round trip would), so concurrent ingests interleave."""
+    retrieval = fakes.retrieval
+    upsert, commit = retrieval.upsert, retrieval.commit_document
+
+    async def watched_upsert(*args: object, **kwargs: object) -> int:
+        await asyncio.sleep(0)
+        result = await upsert(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(visible_versions(fakes, document_id))
+        await asyncio.sleep(0)
+        return result
+
+    async def watched_commit(*args: object, **kwargs: object) -> int:
+        await asyncio.sleep(0)
+        result = await commit(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(visible_versions(fakes, document_id))
+        return result
+
+    retrieval.upsert = watched_upsert  # type: ignore[method-assign]
+    retrieval.commit_document = watched_commit  # type: ignore[method-assign]
+
+
+WHOLE = {tuple(chunks_of(LONG_TEXT)), tuple(chunks_of(SHORT_TEXT))}
+
+
+def assert_never_mixed(seen: list[dict[str, list[str]]]) -> None:
+    assert seen
+    for view in seen:
+        assert len(view) <= 1, f"a reader saw two versions at once: {sorted(view)}"
+        for chunks in view.values():
+            assert tuple(chunks) in WHOLE, f"a reader saw a partial version: {chunks}"
+
+
+async def test_concurrent_ingests_of_one_id_are_serialized_and_never_mixed(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingestion, "UPSERT_BATCH", 1)  # one round trip per chunk: many chances to mix
+    ingestor = make_ingestor(stack)
+    await ingestor.ingest([IngestDocument("guide.md", LONG_TEXT)], Deadline(30.0))
+    seen: list[dict[str, list[str]]] = []
+    watch_every_write(stack, "guide.md", seen)
+
+    first, second = await asyncio.gather(
+        ingestor.ingest([IngestDocument("guide.md", LONG_TEXT + "\n\nAn added paragraph about ferries.")], Deadline(30.0)),
+        ingestor.ingest([IngestDocument("guide.md", SHORT_TEXT)], Deadline(30.0)),
+    )
+
+    assert first[0].committed and second[0].committed
+    WHOLE.add(tuple(chunks_of(LONG_TEXT + "\n\nAn added paragraph about ferries.")))
+    assert_never_mixed(seen)
+    # The later request wins whole, and nothing of the earlier versions is left.
+    assert visible_versions(stack, "guide.md") == {"v3": chunks_of(SHORT_TEXT)}
+    assert await count(stack) == len(chunks_of(SHORT_TEXT))
+    assert len(ingestor.locks) == 0  # a lock lives only while it is held or awaited
+
+
+async def test_two_gateways_ingesting_one_id_leave_one_whole_version(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas have no lock in common: the commit decides, and the loser is told."""
+    monkeypatch.setattr(ingestion, "UPSERT_BATCH", 1)
+    seen: list[dict[str, list[str]]] = []
+    watch_every_write(stack, "guide.md", seen)
+
+    long_run, short_run = await asyncio.gather(
+        make_ingestor(stack).ingest([IngestDocument("guide.md", LONG_TEXT)], Deadline(30.0)),
+        make_ingestor(stack).ingest([IngestDocument("guide.md", SHORT_TEXT)], Deadline(30.0)),
+        return_exceptions=True,
+    )
+
+    assert_never_mixed(seen)
+    [(version, chunks)] = visible_versions(stack, "guide.md").items()
+    assert tuple(chunks) in WHOLE
+    assert await count(stack) == len(chunks)  # no staged leftovers either
+    # Whoever's version is not the stored one was told so (FAILED_PRECONDITION), or
+    # committed first and was replaced afterwards.
+    for run in (long_run, short_run):
+        if isinstance(run, BaseException):
+            assert isinstance(run, FailedPrecondition)
+
+
+async def test_a_failure_mid_document_keeps_the_old_version_whole(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingestion, "UPSERT_BATCH", 2)
+    await ingest(stack, IngestDocument("guide.md", SHORT_TEXT))
+    upsert = stack.retrieval.upsert
+    calls = 0
+
+    async def second_batch_fails(*args: object, **kwargs: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Unavailable("the retrieval service is unavailable (UNAVAILABLE)")
+        return await upsert(*args, **kwargs)  # type: ignore[arg-type]
+
+    stack.retrieval.upsert = second_batch_fails  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        await ingest(stack, IngestDocument("guide.md", LONG_TEXT))
+
+    assert visible_versions(stack, "guide.md") == {"v1": chunks_of(SHORT_TEXT)}
+    assert await count(stack) == len(chunks_of(SHORT_TEXT))  # the staged batch was discarded
+
+
+async def test_document_7_of_10_failing_reports_each_document(stack: FakeStack) -> None:
+    documents = [IngestDocument(f"d{i}.md", PARAGRAPHS[i % len(PARAGRAPHS)]) for i in range(1, 11)]
+    # One commit per document (each is one chunk): the 7th fails.
+    stack.retrieval.faults.succeed(6).unavailable(1)
+
+    outcomes = await make_ingestor(stack, max_documents=10).ingest(documents, Deadline(30.0))
+
+    assert [o.document_id for o in outcomes] == [d.document_id for d in documents]
+    assert [o.committed for o in outcomes] == [True] * 6 + [False] + [True] * 3
+    failed = outcomes[6]
+    assert isinstance(failed.error, Unavailable) and failed.chunks_stored == 0
+    assert {p["document_id"] for p in stack.retrieval.payloads(COLLECTION)} == {
+        d.document_id for d in documents
+    } - {"d7.md"}
+    # Retrying the failed one alone is enough, and idempotent.
+    [retried] = await ingest(stack, documents[6])
+    assert retried.committed and await count(stack) == 10
+
+
+async def test_when_no_document_commits_the_call_fails_with_the_first_error(stack: FakeStack) -> None:
+    stack.retrieval.faults.unavailable()
+    with pytest.raises(Unavailable):
+        await ingest(stack, IngestDocument("a.md", SHORT_TEXT), IngestDocument("b.md", LONG_TEXT))
+    stack.retrieval.faults.clear()
+    assert await count(stack) == 0
+
+
+async def test_a_deleted_collection_is_recreated_by_the_next_ingest(stack: FakeStack) -> None:
+    await ingest(stack, IngestDocument("guide.md", LONG_TEXT))
+    del stack.retrieval.collections[COLLECTION]  # DeleteCollection while serving
+
+    [outcome] = await ingest(stack, IngestDocument("guide.md", SHORT_TEXT))
+
+    assert outcome.committed
+    assert stack.retrieval.collections[COLLECTION].dimension == len(stack.embedding.vector("x"))
+    assert visible_versions(stack, "guide.md") == {"v2": chunks_of(SHORT_TEXT)}
+
+
+async def test_a_cancelled_ingest_leaves_nothing_behind(stack: FakeStack) -> None:
+    await ingest(stack, IngestDocument("guide.md", SHORT_TEXT))
+    stack.retrieval.faults.hang(1)  # the commit never answers; the caller gives up
+    task = asyncio.create_task(ingest(stack, IngestDocument("guide.md", LONG_TEXT)))
+    while stack.retrieval.faults.hanging == 0:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert visible_versions(stack, "guide.md") == {"v1": chunks_of(SHORT_TEXT)}
+    assert await count(stack) == len(chunks_of(SHORT_TEXT))
+
+
+async def test_token_chunking_asks_the_embedding_service_and_stores_its_chunks(stack: FakeStack) -> None:
+    """chunking: tokens (the gateway's default) leaves the split to the embedding model's service."""
+    ingestor = Ingestor(
+        stack.backends, collection=COLLECTION, chunk_chars=CHUNK_CHARS, overlap_chars=OVERLAP,
+        max_documents=MAX_DOCUMENTS, max_document_chars=MAX_DOCUMENT_CHARS, chunking="tokens",
+        chunk_tokens=16, overlap_tokens=0,
+    )
+    [outcome] = await ingestor.ingest([IngestDocument("doc", LONG_TEXT, "doc.md")], Deadline(10))
+    assert stack.embedding.chunked == [(len(LONG_TEXT), 16, 0)]
+    expected = await stack.embedding.chunk(LONG_TEXT, 16, 0, timeout=1)
+    assert outcome.chunks_stored == len(expected) > 1
+    assert [p["text"] for _, p in sorted(stored_of(stack, "doc").items())] == expected

@@ -8,7 +8,15 @@ from typing import Any
 import grpc
 import pytest
 
-from ragrail.common.interceptors import DecodeGuard, RateLimitedLog, _safe_deserializer, _Undecodable
+from ragrail.common.errors import ResourceExhausted, Unauthenticated
+from ragrail.common.interceptors import (
+    DecodeGuard,
+    RateLimitedLog,
+    _safe_deserializer,
+    _Undecodable,
+    refusing_handler,
+    wrap_handler,
+)
 from ragrail.gateway.v1 import gateway_pb2 as pb
 
 BAD_QUERY = pb.RunRequest(pipeline="rag", query="MARK").SerializeToString().replace(b"MARK", b"\xff\xfe\xfd\xfc")
@@ -94,3 +102,62 @@ async def test_guard_wraps_async_handlers_once_and_leaves_the_rest() -> None:
     assert await guard.intercept_service(continuation, Details("/svc/Raw")) is raw
     assert await guard.intercept_service(continuation, Details("/svc/Sync")) is sync
     assert await guard.intercept_service(continuation, Details("/svc/Unknown")) is None
+
+
+class Context:
+    """The parts of grpc.aio's ServicerContext a refusal uses."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, ...] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing: Any = ()) -> None:
+        self.aborted = (code, details, tuple(trailing))
+        raise grpc.aio.AbortError()
+
+
+async def test_a_refusing_handler_never_reads_the_request() -> None:
+    unary = grpc.unary_unary_rpc_method_handler(run, request_deserializer=pb.RunRequest.FromString)
+    refusal = refusing_handler(unary, ResourceExhausted("full", retry_after_s=1.5))
+    # Request-streaming, no deserializer: grpc hands over the unread stream instead of decoding it.
+    assert refusal.request_streaming and not refusal.response_streaming
+    assert refusal.request_deserializer is None
+
+    class Unread:
+        def __aiter__(self) -> Any:
+            raise AssertionError("the request was read")
+
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        await refusal.stream_unary(Unread(), context)
+    assert context.aborted == (grpc.StatusCode.RESOURCE_EXHAUSTED, "full", (("retry-after", "2"),))
+
+    streaming = grpc.unary_stream_rpc_method_handler(run)
+    refusal = refusing_handler(streaming, Unauthenticated("no key"))
+    assert refusal.request_streaming and refusal.response_streaming
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        async for _ in refusal.stream_stream(Unread(), context):
+            pass
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "no key", ())
+
+
+async def test_wrap_handler_keeps_the_kind_and_codecs_and_skips_sync_behaviors() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        run, request_deserializer=pb.RunRequest.FromString, response_serializer=pb.RunResponse.SerializeToString
+    )
+    seen: list[str] = []
+
+    def around(behavior: Any) -> Any:
+        async def wrapped(request: Any, context: Any) -> Any:
+            seen.append("before")
+            return await behavior(request, context)
+
+        return wrapped
+
+    wrapped = wrap_handler(handler, around, lambda b: b)
+    assert wrapped is not None
+    assert wrapped.request_deserializer is handler.request_deserializer
+    assert wrapped.response_serializer is handler.response_serializer
+    assert await wrapped.unary_unary(pb.RunRequest(query="q"), None) == pb.RunResponse(answer="q")
+    assert seen == ["before"]
+    assert wrap_handler(grpc.unary_unary_rpc_method_handler(sync_run), around, around) is None

@@ -53,6 +53,7 @@ async def test_rag_runs_both_output_checks_and_the_extra_stage() -> None:
     result = await (await registry(stack)).resolve("rag@5").run(QUESTION, Deadline(30))
     assert result.fallback_reason is None and result.answer == ANSWER
     assert result.outputs == {"tone": "positive"}
+    assert stack.retrieval.query_texts == [None], "a dense-only retrieve stage sends no query text"
     assert [c for _, c in stack.moderation.calls] == [
         ("toxicity", "prompt_injection"), ("toxicity", "pii"), ("toxicity", "pii", "self_promotion"),
     ]
@@ -99,6 +100,7 @@ async def test_lost_property_goes_to_rag_over_its_collection_with_the_filter() -
     assert [c.document_id for c in result.citations] == ["umbrella-open.md"], "closed reports are filtered out"
     assert stack.retrieval.searches[-1][0] == "lost_property"
     assert stack.retrieval.filters[-1] == {"status": "open"}
+    assert stack.retrieval.query_texts[-1] == "I lost a black umbrella on the 8:15 train", "hybrid gets the words"
 
 
 async def test_lost_property_streams_through_the_route() -> None:

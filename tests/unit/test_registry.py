@@ -178,14 +178,18 @@ def test_loader_builds_the_packaged_pipelines() -> None:
     assert [(p.name, p.version) for p in registry.all()] == [
         ("rag", 1),
         ("rag", 2),
+        ("rag", 3),
         ("summarize_sentiment", 1),
     ]
     assert registry.resolve("rag@1").stages == ("moderate_input", "embed", "retrieve", "generate", "moderate_output")
     assert registry.resolve("summarize_sentiment").stages == ("moderate_input", "summarize", "classify")
-    assert registry.routes == {"rag": {1: 90, 2: 10}}
-    assert {p.version for p in (registry.resolve("rag", f"c{i}") for i in range(200))} == {1, 2}
+    assert registry.routes == {"rag": {1: 80, 2: 10, 3: 10}}
+    assert registry.resolve("rag@3").stages == (
+        "moderate_input", "embed", "retrieve", "generate", "ground", "moderate_output",
+    )
+    assert {p.version for p in (registry.resolve("rag", f"c{i}") for i in range(200))} == {1, 2, 3}
     assert registry.is_default(registry.resolve("rag@1")) and not registry.is_default(registry.resolve("rag@2"))
-    assert sorted(s.ref for s in seen) == ["rag@1", "rag@2", "summarize_sentiment@1"]
+    assert sorted(s.ref for s in seen) == ["rag@1", "rag@2", "rag@3", "summarize_sentiment@1"]
     assert loader.last_error == "" and not loader.changed()
 
 
@@ -245,8 +249,8 @@ def test_a_broken_reload_keeps_nothing_and_a_fixed_one_clears_the_error(tmp_path
 
 def test_load_raises_on_a_broken_folder(tmp_path: Path) -> None:
     folder = copy_packaged(tmp_path)
-    (folder / "routes.yaml").write_text("rag: {1: 90, 3: 10}\n")
+    (folder / "routes.yaml").write_text("rag: {1: 90, 9: 10}\n")
     loader, seen = make_loader(folder)
-    with pytest.raises(SpecError, match="rag@3"):
+    with pytest.raises(SpecError, match="rag@9"):
         loader.load()
     assert seen == [], "nothing is built from a rejected folder"

@@ -59,13 +59,16 @@ def only(folder: Path, *files: tuple[str, str]) -> Path:
 def test_the_packaged_folder_loads() -> None:
     loaded = load_pipeline_dir(PACKAGED)
     by_ref = {s.ref: s for s in loaded.specs}
-    assert sorted(by_ref) == ["rag@1", "rag@2", "summarize_sentiment@1"]
-    assert loaded.routes == {"rag": {1: 90, 2: 10}}
+    assert sorted(by_ref) == ["rag@1", "rag@2", "rag@3", "summarize_sentiment@1"]
+    assert loaded.routes == {"rag": {1: 80, 2: 10, 3: 10}}  # rag@3: the grounded canary
     assert all(spec.kind is None for spec in by_ref.values()), "packaged specs are stage lists"
     assert by_ref["rag@1"].stage_names == by_ref["rag@2"].stage_names == (
         "moderate_input", "embed", "retrieve", "generate", "moderate_output"
     )
     assert by_ref["summarize_sentiment@1"].stage_names == ("moderate_input", "summarize", "classify")
+    assert by_ref["rag@3"].stage_names == (
+        "moderate_input", "embed", "retrieve", "generate", "ground", "moderate_output"
+    )
 
 
 def test_the_packaged_specs_are_reproducible() -> None:
@@ -185,8 +188,8 @@ def test_a_duplicate_ref_is_rejected(folder: Path) -> None:
 
 
 def test_a_route_to_a_missing_version_is_rejected(folder: Path) -> None:
-    write(folder, "routes.yaml", "rag: {1: 90, 3: 10}\n")
-    with pytest.raises(SpecError, match=r"routes\.yaml: rag@3 has no spec"):
+    write(folder, "routes.yaml", "rag: {1: 90, 9: 10}\n")
+    with pytest.raises(SpecError, match=r"routes\.yaml: rag@9 has no spec"):
         load_pipeline_dir(folder)
 
 
@@ -268,7 +271,8 @@ def bump_mtime(path: Path) -> None:
 
 def test_try_reload_keeps_none_and_the_error_on_a_broken_folder(folder: Path) -> None:
     loader = make_loader(folder)
-    assert loader.load() is not None
+    packaged = {path.stem for path in folder.glob("*@*.yaml")}
+    assert {p.spec.ref for p in loader.load().all()} == packaged  # every spec of the folder, built
     edit(folder / "rag@2.yaml", "temperature: 0", "temperature: 0.9")
 
     assert loader.try_reload() is None

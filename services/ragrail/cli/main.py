@@ -30,18 +30,121 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RagrailError as exc:
-        print(f"ragrail: {exc.message}", file=sys.stderr)
-        return 2
+        return _fail(args, exc.status.value, exc.message, EXIT_USAGE)
     except grpc.RpcError as exc:
-        print(f"ragrail: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-        return 1
+        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+        retry_after = dict(exc.trailing_metadata() or ()).get("retry-after")  # type: ignore[attr-defined]
+        return _fail(args, code.name, exc.details() or "", rpc_exit_code(code), retry_after)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         return 130
 
 
+# Exit codes, for scripts (also in `ragrail --help`).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and failed (a spec is invalid, a file failed to ingest, auth refused...)
+EXIT_USAGE = 2  # bad usage: wrong arguments, an invalid request, an unknown pipeline
+EXIT_UNAVAILABLE = 3  # the gateway is unreachable, overloaded, too slow, or reports itself unhealthy
+EXIT_FALLBACK = 4  # `ask --fail-on-fallback`: the answer is a canned fallback
+EXIT_CODES_HELP = """exit codes:
+  0  ok
+  1  the command failed (invalid spec, a file not ingested, key refused, server error)
+  2  bad usage: wrong arguments, an invalid request (INVALID_ARGUMENT), unknown pipeline (NOT_FOUND)
+  3  unavailable: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED; `status` when unhealthy
+  4  `ask --fail-on-fallback` got a canned fallback answer
+
+Client commands read --address and --api-key from RAGRAIL_ADDRESS and RAGRAIL_API_KEY.
+With --json each result is one JSON document on stdout (proto field names, every field
+present); an error is {"error": {"code", "message", "exit_code"}} on stdout."""
+
+_USAGE_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE}
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED
+}
+
+
+def rpc_exit_code(code: grpc.StatusCode) -> int:
+    if code in _USAGE_CODES:
+        return EXIT_USAGE
+    return EXIT_UNAVAILABLE if code in _UNAVAILABLE_CODES else EXIT_FAILED
+
+
+def _fail(args: argparse.Namespace, code: str, message: str, exit_code: int, retry_after: str | None = None) -> int:
+    """Reports an error: one line on stderr, or with --json one document on stdout."""
+    if getattr(args, "json", False) is True:
+        error: dict[str, object] = {"code": code, "message": message, "exit_code": exit_code}
+        try:
+            error["retry_after_s"] = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            error["retry_after_s"] = None
+        if error["retry_after_s"] is None:
+            del error["retry_after_s"]
+        _emit({"error": error})
+    else:
+        hint = f" (retry after {retry_after} s)" if retry_after is not None else ""
+        line = f"ragrail: {message}" if code == "INVALID_ARGUMENT" else f"ragrail: {code}: {message}{hint}"
+        print(line, file=sys.stderr)
+    return exit_code
+
+
+def _emit(document: object) -> None:
+    """One JSON document per line, keys sorted: stable for scripts and diffs."""
+    import json
+
+    print(json.dumps(document, sort_keys=True, ensure_ascii=False), flush=True)
+
+
+def _message_json(message: object) -> dict[str, object]:
+    """A message in proto3's JSON form with proto field names and every field present (as
+    grpcurl -emit-defaults prints it; 64-bit integers are strings there)."""
+    from google.protobuf import json_format
+
+    document = json_format.MessageToDict(
+        message,  # type: ignore[arg-type]
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    _fill_unset_messages(message, document)
+    return document
+
+
+def _fill_unset_messages(message: object, document: dict[str, object]) -> None:
+    """Unset sub-messages (e.g. ``usage`` on a cached answer) as their empty form, so every
+    document of a type has the same keys; oneof members stay as sent."""
+    for field in message.DESCRIPTOR.fields:  # type: ignore[attr-defined]
+        if field.message_type is None or field.containing_oneof is not None:
+            continue
+        if field.message_type.GetOptions().map_entry or getattr(field, "is_repeated", False):
+            continue
+        value = getattr(message, field.name)
+        if field.name not in document:
+            document[field.name] = _message_json(value)
+        elif isinstance(document[field.name], dict):
+            _fill_unset_messages(value, document[field.name])  # type: ignore[arg-type]
+    for field in message.DESCRIPTOR.fields:  # type: ignore[attr-defined]
+        if field.containing_oneof is not None and field.message_type is not None and field.name in document:
+            _fill_unset_messages(getattr(message, field.name), document[field.name])  # type: ignore[arg-type]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ragrail")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ragrail", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="ragrail",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action="version", version=f"ragrail {_version()}", help="print the version and exit"
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start Ray, the four services and the gateway; Ctrl-C stops all")
@@ -52,13 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up)
 
     gw = sub.add_parser("gateway", help="run only the gateway, against a running Serve (Kubernetes)")
-    gw.add_argument("--config", type=Path)
+    gw.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
     gw.add_argument("--pipelines", type=Path, help="folder of pipeline specs")
     _health_args(gw)
     gw.set_defaults(func=_cmd_gateway)
 
     prep = sub.add_parser("prepare-models", help="convert packaged model weights once (idempotent)")
-    prep.add_argument("--config", type=Path)
+    prep.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
+    _json_arg(prep)
     prep.set_defaults(func=_cmd_prepare)
 
     migrate = sub.add_parser(
@@ -66,19 +170,28 @@ def _parser() -> argparse.ArgumentParser:
         help="move an embedded store written by qdrant-client's local mode into the embedded engine",
         description="Stop the stack first: the store has one owner. The old files are kept in a backup folder.",
     )
-    migrate.add_argument("--config", type=Path)
+    migrate.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
     migrate.add_argument("--path", type=Path, help="the store folder (default: the config's qdrant path)")
+    _json_arg(migrate)
     migrate.set_defaults(func=_cmd_migrate_store)
 
     ingest = sub.add_parser("ingest", help="add .txt, .md and .html files (or folders of them)")
-    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("paths", nargs="+", type=Path, help=".txt, .md or .html files, or folders (recursed)")
     _client_args(ingest, timeout=600)
     ingest.set_defaults(func=_cmd_ingest)
 
     ask = sub.add_parser("ask", help="ask a question through a pipeline")
-    ask.add_argument("query")
+    ask.add_argument("query", help="the question (or, for text pipelines, the text)")
     ask.add_argument("--pipeline", default="rag", help='"name" or "name@version" (default: rag)')
     ask.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    ask.add_argument(
+        "--session-id",
+        default="",
+        help="caller key that keeps this caller on one version of a traffic split (sticky canaries)",
+    )
+    ask.add_argument(
+        "--fail-on-fallback", action="store_true", help=f"exit {EXIT_FALLBACK} when the answer is a canned fallback"
+    )
     _client_args(ask, timeout=60)
     ask.set_defaults(func=_cmd_ask)
 
@@ -87,12 +200,14 @@ def _parser() -> argparse.ArgumentParser:
     pipelines.set_defaults(func=_cmd_pipelines)
     specs = pipelines.add_subparsers(dest="action", metavar="{validate,show}")
     validate = specs.add_parser("validate", help="check a folder of pipeline specs (exit 1 naming file and line)")
-    validate.add_argument("dir", type=Path)
+    validate.add_argument("dir", type=Path, help="folder of pipeline specs")
+    _json_arg(validate)
     validate.set_defaults(func=_cmd_pipelines_validate)
     show = specs.add_parser("show", help="print a version's expanded stage list (YAML)")
     show.add_argument("ref", help="name@version")
     show.add_argument("--dir", type=Path, help="folder of pipeline specs (default: the config's)")
-    show.add_argument("--config", type=Path)
+    show.add_argument("--config", type=Path, help="config file whose pipelines folder to read (default: packaged)")
+    _json_arg(show)
     show.set_defaults(func=_cmd_pipelines_show)
 
     status = sub.add_parser("status", help="pipelines, traffic splits, circuit breakers, services")
@@ -100,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     feedback = sub.add_parser("feedback", help="rate an answer by its request id (1 bad .. 5 good)")
-    feedback.add_argument("request_id")
-    feedback.add_argument("rating", type=int, choices=range(1, 6))
-    feedback.add_argument("comment", nargs="?", default="")
+    feedback.add_argument("request_id", help="the request id printed with the answer")
+    feedback.add_argument("rating", type=int, choices=range(1, 6), help="1 (bad) to 5 (good)")
+    feedback.add_argument("comment", nargs="?", default="", help="optional free text, at most 2000 characters")
     _client_args(feedback, timeout=10)
     feedback.set_defaults(func=_cmd_feedback)
 
@@ -111,14 +226,19 @@ def _parser() -> argparse.ArgumentParser:
         help="print a new API key and the keys-file entry holding its hash",
         description="Say what the key may do: --pipelines, --ingest, or both (there is no default).",
     )
-    keys.add_argument("name")
+    keys.add_argument("name", help="the caller's name, in logs and metrics")
     keys.add_argument("--pipelines", help="comma-separated pipeline names the key may call, or '*' for all")
     keys.add_argument(
         "--ingest", action="store_true", help="the key may also call Ingest (never implied by --pipelines '*')"
     )
     keys.add_argument("--rate", type=float, default=5.0, help="requests per second (token bucket)")
-    keys.add_argument("--burst", type=int, default=10)
+    keys.add_argument("--burst", type=int, default=10, help="requests allowed at once above the rate")
+    _json_arg(keys)
     keys.set_defaults(func=_cmd_new_key)
+
+    from ragrail.evaluation.cli import add_eval_parser  # `ragrail eval`: its own module
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -153,10 +273,23 @@ def _health_args(p: argparse.ArgumentParser) -> None:
 
 
 def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
-    p.add_argument("--address", default=os.environ.get("RAGRAIL_ADDRESS", DEFAULT_ADDRESS))
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAGRAIL_ADDRESS", DEFAULT_ADDRESS),
+        help=f"the gateway, host:port (or RAGRAIL_ADDRESS; default {DEFAULT_ADDRESS})",
+    )
     p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in seconds (default {timeout:g})")
-    p.add_argument("--api-key", default=os.environ.get("RAGRAIL_API_KEY", ""), help="or RAGRAIL_API_KEY")
+    p.add_argument(
+        "--api-key", default=os.environ.get("RAGRAIL_API_KEY", ""), help="sent as a bearer token (or RAGRAIL_API_KEY)"
+    )
     p.add_argument("--ca-file", type=Path, help="use TLS, trusting this CA (PEM)")
+    _json_arg(p)
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="print each result as one JSON document (proto field names, stable keys)"
+    )
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -174,7 +307,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from ragrail.common.models import prepare_builtin_models
 
     settings = load_settings(args.config)
-    for path in prepare_builtin_models(settings.models_path):
+    ready = [str(path) for path in prepare_builtin_models(settings.models_path)]
+    if args.json:
+        _emit({"ready": ready})
+    for path in ready if not args.json else ():
         print(f"ready: {path}")
     return 0
 
@@ -183,7 +319,11 @@ def _cmd_migrate_store(args: argparse.Namespace) -> int:
     from ragrail.retrieval.edge import migrate_local_store
 
     path = args.path or _settings(args).qdrant_path
-    copied = migrate_local_store(str(path), progress=lambda line: print(line, flush=True))
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the one result document
+    copied = migrate_local_store(str(path), progress=lambda line: print(line, file=out, flush=True))
+    if args.json:
+        _emit({"path": str(path), "collections": dict(copied)})
+        return 0
     for name, count in copied.items():
         print(f"{name}: {count} points migrated")
     print(f"{path}: now the embedded engine's store ({len(copied)} collection(s))")
@@ -218,10 +358,28 @@ def _cmd_up(args: argparse.Namespace) -> int:
         log.info("stopped")
 
 
+PROMPT_TAG_SECRET_ENV = "RAGRAIL_PROMPT_TAG_SECRET"
+
+
+def _gateway_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The gateway's settings; the prompt-tag key may come from the environment (a Secret in
+    Kubernetes, so every replica tags prompts alike and the key is in no ConfigMap)."""
+    settings = _settings(args)
+    secret = os.environ.get(PROMPT_TAG_SECRET_ENV)
+    if secret and not settings.gateway.prompt_tag_secret:
+        gateway = settings.gateway.model_copy(update={"prompt_tag_secret": secret})
+        settings = settings.model_copy(update={"gateway": gateway})
+    return settings
+
+
 def _cmd_gateway(args: argparse.Namespace) -> int:
     return asyncio.run(
         _serve_gateway(
-            _settings(args), time.monotonic(), ingest_sample=False, health=(args.health_host, args.health_port)
+            _gateway_settings(args),
+            time.monotonic(),
+            ingest_sample=False,
+            health=(args.health_host, args.health_port),
+            wait_ready=False,  # in Kubernetes: stay up, NOT_SERVING, while the RayService warms up
         )
     )
 
@@ -233,6 +391,7 @@ async def _serve_gateway(
     ingest_sample: bool,
     statuses: object = None,
     health: tuple[str | None, int | None] = (None, None),
+    wait_ready: bool = True,
 ) -> int:
     from ragrail.common.config import Settings
     from ragrail.gateway.server import start_gateway
@@ -248,8 +407,9 @@ async def _serve_gateway(
         service_statuses=statuses,  # type: ignore[arg-type]
         health_port=health_port,
         health_host=health_host,
+        wait_ready=wait_ready,
     )
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, gateway)
     try:
         if ingest_sample:
             try:
@@ -269,6 +429,12 @@ async def _serve_gateway(
     finally:
         await gateway.stop(0)  # returns at once when the drain finished; else cancels what is left
     return 0
+
+
+def _on_sighup(gateway: object) -> None:
+    """SIGHUP: re-read the pipeline specs and the API keys file now (both are also polled)."""
+    gateway.reload()  # type: ignore[attr-defined]
+    gateway.servicer.auth.reload_if_changed(force=True)  # type: ignore[attr-defined]
 
 
 async def _drain(gateway: object, stop: asyncio.Event, grace_s: float) -> None:
@@ -342,21 +508,67 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         print("ragrail: no .txt, .md or .html files found", file=sys.stderr)
         return 2
+    if args.json:
+        return _ingest_json(args, files)
     stub = _stub(args)
     total_stored = total_dropped = 0
+    failed: list[str] = []
     for path in files:
         doc = load_document(path)
         request = pb.IngestRequest(
             documents=[pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)]
         )
-        response = stub.Ingest(request)
+        try:
+            response = stub.Ingest(request)
+        except grpc.RpcError as error:  # this file failed; the ones before it are committed
+            print(f"{doc.document_id}: FAILED ({error.code().name}): {error.details()}")  # type: ignore[attr-defined]
+            failed.append(doc.document_id)
+            continue
         for r in response.documents:
+            if r.status == pb.DOCUMENT_STATUS_FAILED:
+                print(f"{r.document_id}: FAILED ({r.error_code}): {r.error}")
+                failed.append(r.document_id)
+                continue
             dropped = f", {r.chunks_dropped} dropped by moderation" if r.chunks_dropped else ""
             print(f"{r.document_id}: {r.chunks_stored} chunks stored{dropped}")
             total_stored += r.chunks_stored
             total_dropped += r.chunks_dropped
-    print(f"ingested {len(files)} file(s): {total_stored} chunks stored, {total_dropped} dropped")
-    return 0
+    print(
+        f"ingested {len(files) - len(failed)} of {len(files)} file(s): "
+        f"{total_stored} chunks stored, {total_dropped} dropped"
+    )
+    if failed:
+        print(f"failed: {', '.join(failed)} (ingest them again: it is idempotent by id)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _ingest_json(args: argparse.Namespace, files: list[Path]) -> int:
+    """``ingest --json``: one DocumentResult document per file, a failed call included (as
+    status DOCUMENT_STATUS_FAILED with its code); exit 1 when any file failed."""
+    from ragrail.cli.loaders import load_document
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    stub = _stub(args)
+    failed = False
+    for path in files:
+        doc = load_document(path)
+        document = pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)
+        request = pb.IngestRequest(documents=[document])
+        try:
+            results = list(stub.Ingest(request).documents)
+        except grpc.RpcError as error:  # this file failed; the ones before it are committed
+            code = error.code().name  # type: ignore[attr-defined]
+            details = error.details() or ""  # type: ignore[attr-defined]
+            results = [
+                pb.DocumentResult(
+                    document_id=doc.document_id, status=pb.DOCUMENT_STATUS_FAILED, error=details, error_code=code
+                )
+            ]
+        for result in results:
+            failed = failed or result.status == pb.DOCUMENT_STATUS_FAILED
+            _emit(_message_json(result))
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -365,24 +577,35 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     stub = _stub(args)
     if args.stream:
         final = None
-        for event in stub.RunStream(pb.RunStreamRequest(pipeline=args.pipeline, query=args.query)):
+        request = pb.RunStreamRequest(pipeline=args.pipeline, query=args.query, session_id=args.session_id)
+        for event in stub.RunStream(request):
+            if args.json:  # one document per event: {"delta": ...} lines, then {"final": {...}}
+                _emit(_message_json(event))
             if event.HasField("final"):
                 final = event.final
-            else:
+            elif not args.json:
                 print(event.delta, end="", flush=True)
-        print()
         if final is None:
-            return 1
-        if final.replace_streamed:  # a canned answer (flagged, or a failure) replaces what was shown
-            print(f"[replaced] {final.answer}")
-        elif final.fallback:  # canned before any text was released
-            print(final.answer)
-        _print_details(final)
-        return 0
-    response = stub.Run(pb.RunRequest(pipeline=args.pipeline, query=args.query))
-    print(response.answer)
-    _print_details(response)
-    return 0
+            return _fail(args, "INCOMPLETE_STREAM", "the stream ended without a final event", EXIT_FAILED)
+        if not args.json:
+            print()
+            if final.replace_streamed:  # a canned answer (flagged, or a failure) replaces what was shown
+                print(f"[replaced] {final.answer}")
+            elif final.fallback:  # canned before any text was released
+                print(final.answer)
+            _print_details(final)
+        return _answer_exit(args, final)
+    response = stub.Run(pb.RunRequest(pipeline=args.pipeline, query=args.query, session_id=args.session_id))
+    if args.json:
+        _emit(_message_json(response))
+    else:
+        print(response.answer)
+        _print_details(response)
+    return _answer_exit(args, response)
+
+
+def _answer_exit(args: argparse.Namespace, response: object) -> int:
+    return EXIT_FALLBACK if args.fail_on_fallback and getattr(response, "fallback", False) else EXIT_OK
 
 
 def _print_details(response: object) -> None:
@@ -398,11 +621,13 @@ def _print_details(response: object) -> None:
         print(f"  [{i}] {c.document_id} #{c.chunk_index} (score {c.score:.3f}): {snippet}…")
     reason = pb.FallbackReason.Name(r.fallback_reason).removeprefix("FALLBACK_REASON_").lower()
     fallback = f"yes ({reason})" if r.fallback else "no"
+    mode = pb.AnswerMode.Name(r.answer_mode).removeprefix("ANSWER_MODE_").lower() if r.answer_mode else "?"
     total_ms = sum(t.duration_ms for t in r.timings)
     cached = "  (cached)" if r.cached else ""
     tokens = f"  tokens: {r.usage.prompt_tokens} in, {r.usage.completion_tokens} out" if r.usage.completion_tokens else ""
     print(
-        f"pipeline: {r.pipeline}@{r.pipeline_version}  fallback: {fallback}  stages: {total_ms:.0f} ms{tokens}  "
+        f"pipeline: {r.pipeline}@{r.pipeline_version}  answer: {mode}  fallback: {fallback}  "
+        f"stages: {total_ms:.0f} ms{tokens}  "
         f"request: {r.request_id}{cached}"
     )
 
@@ -411,6 +636,9 @@ def _cmd_pipelines(args: argparse.Namespace) -> int:
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
     response = _stub(args).ListPipelines(pb.ListPipelinesRequest())
+    if args.json:
+        _emit(_message_json(response))
+        return 0
     for p in response.pipelines:
         default = " (default)" if p.is_default else ""
         print(f"{p.name}@{p.version}{default}: {p.description}  [{' -> '.join(p.stages)}]")
@@ -424,9 +652,16 @@ def _cmd_pipelines_validate(args: argparse.Namespace) -> int:
     try:
         loaded = load_pipeline_dir(args.dir)
     except SpecError as exc:
-        for problem in str(exc).split("; "):
-            print(f"{args.dir}/{problem}" if ".y" in problem.split(":")[0] else problem, file=sys.stderr)
+        problems = [f"{args.dir}/{p}" if ".y" in p.split(":")[0] else p for p in str(exc).split("; ")]
+        if args.json:
+            _emit({"ok": False, "problems": problems})
+        for problem in problems if not args.json else ():
+            print(problem, file=sys.stderr)
         return 1
+    if args.json:
+        specs = [{"ref": s.ref, "stages": list(s.stage_names), "deprecated_kind": bool(s.kind)} for s in loaded.specs]
+        _emit({"ok": True, "specs": specs})
+        return 0
     for spec in loaded.specs:
         print(f"{spec.ref}: ok  [{' -> '.join(spec.stage_names)}]" + ("  (kind: shorthand, deprecated)" if spec.kind else ""))
     return 0
@@ -446,6 +681,9 @@ def _cmd_pipelines_show(args: argparse.Namespace) -> int:
     if args.ref not in specs:
         print(f"ragrail: no {args.ref} in {folder}; there are: {', '.join(sorted(specs))}", file=sys.stderr)
         return 1
+    if args.json:
+        _emit(specs[args.ref].expanded())
+        return 0
     print(yaml.safe_dump(specs[args.ref].expanded(), sort_keys=False, width=100), end="")
     return 0
 
@@ -454,6 +692,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
     r = _stub(args).Status(pb.StatusRequest())
+    healthy = (
+        all(c.state == "closed" for c in r.circuits)
+        and all(s.status == "RUNNING" for s in r.services)
+        and all(c.state in ("ready", "empty") for c in r.collections)
+    )
+    if args.json:
+        _emit({**_message_json(r), "healthy": healthy})
+        return EXIT_OK if healthy else EXIT_UNAVAILABLE
     print("pipelines:")
     for p in r.pipelines:
         print(f"  {p.name}@{p.version}{' (default)' if p.is_default else ''}  [{' -> '.join(p.stages)}]")
@@ -474,18 +720,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print(f"  {c.name} ({c.service}): {state}{detail}  [{', '.join(c.pipelines)}]")
     if r.last_reload_error:
         print(f"last pipeline reload rejected: {r.last_reload_error}")
-    healthy = (
-        all(c.state == "closed" for c in r.circuits)
-        and all(s.status == "RUNNING" for s in r.services)
-        and all(c.state in ("ready", "empty") for c in r.collections)
-    )
-    return 0 if healthy else 3
+    return EXIT_OK if healthy else EXIT_UNAVAILABLE
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
     r = _stub(args).Feedback(pb.FeedbackRequest(request_id=args.request_id, rating=args.rating, comment=args.comment))
+    if args.json:
+        _emit(_message_json(r))
+        return 0
     print("recorded" + ("" if r.matched_request else " (request id not known to this gateway)"))
     return 0
 
@@ -510,6 +754,9 @@ def _cmd_new_key(args: argparse.Namespace) -> int:
         "rate_per_s": args.rate,
         "burst": args.burst,
     }
+    if args.json:
+        _emit({"key": key, "entry": entry})
+        return 0
     print(f"API key (shown once; give it to the caller): {key}")
     print("add this entry under `keys:` in the gateway's keys file:")
     print(yaml.safe_dump([entry], sort_keys=False), end="")

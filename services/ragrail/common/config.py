@@ -40,6 +40,7 @@ class EmbeddingSettings(Strict):
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_text_chars: int = Field(8192, ge=1)
     max_tokens: int = Field(256, ge=8, description="window; longer texts are truncated")
+    max_document_chars: int = Field(2_000_000, ge=1, description="longest text a Chunk call splits")
     batch_max_requests: int = Field(16, ge=1, description="concurrent Embed calls merged into one forward pass")
     batch_wait_s: float = Field(
         0.02, ge=0, le=1, description="how long a dynamic batch waits to fill (longer: bigger batches, more latency when idle)"
@@ -67,6 +68,15 @@ class RetrievalSettings(Strict):
     timeout_s: float = Field(10.0, gt=0, description="bound on every Qdrant call (rounded up to whole seconds)")
     max_top_k: int = Field(100, ge=1)
     max_batch_size: int = Field(512, ge=1)
+    lexical_field: str | None = Field(
+        "text", description="payload field indexed lexically (BM25 sparse vectors, Qdrant's IDF) in collections "
+        "created from now on, for hybrid search; null: dense only. A collection created before keeps dense only "
+        "until it is deleted and re-ingested"
+    )
+    hybrid_candidates: int = Field(
+        50, ge=1, le=1000, description="hybrid search: how many dense and lexical candidates are fused "
+        "(at least max_top_k)"
+    )
     deployment: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -245,6 +255,42 @@ class ResilienceSettings(Strict):
     retry_budget_ratio: float = Field(0.1, ge=0, le=1, description="retries may add at most this much load")
 
 
+class AdmissionClassSettings(Strict):
+    max_in_flight: int = Field(ge=1, description="RPCs of this class processed at once")
+    max_queue: int = Field(ge=0, description="RPCs waiting for a slot beyond that; more get RESOURCE_EXHAUSTED")
+    max_wait_s: float = Field(gt=0, description="longest wait in the queue (a shorter caller deadline wins)")
+
+
+class GatewayAdmissionSettings(Strict):
+    """Front-door bounds, applied by ragrail.gateway.interceptors before a handler runs.
+
+    Excess is refused at once with RESOURCE_EXHAUSTED and a ``retry-after`` trailer. Ingest has a
+    class of its own so a bulk ingest (0.7-2 s per 256-chunk upsert, measured) cannot take the
+    slots live queries need; each pipeline's own ``admission`` still applies inside ``query``.
+    """
+
+    max_concurrent_rpcs: int = Field(
+        256, ge=1, description="RPCs (health and reflection aside) in flight at once; more are refused before "
+        "their request is read. grpc's own hard limit is set this plus 64 (for health checks)"
+    )
+    retry_after_s: float = Field(1.0, gt=0, description="the retry-after hint sent with a refusal")
+    query: AdmissionClassSettings = AdmissionClassSettings(max_in_flight=64, max_queue=64, max_wait_s=30.0)
+    ingest: AdmissionClassSettings = AdmissionClassSettings(max_in_flight=2, max_queue=4, max_wait_s=60.0)
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> GatewayAdmissionSettings:
+        # A class that could fill every RPC slot with its running and queued calls would starve
+        # the others: ingest alone must never lock queries (or Status) out.
+        for name in ("query", "ingest"):
+            c: AdmissionClassSettings = getattr(self, name)
+            if c.max_in_flight + c.max_queue >= self.max_concurrent_rpcs:
+                raise ValueError(
+                    f"admission.{name}: max_in_flight + max_queue ({c.max_in_flight + c.max_queue}) must be "
+                    f"below admission.max_concurrent_rpcs ({self.max_concurrent_rpcs})"
+                )
+        return self
+
+
 class GatewaySettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -254,8 +300,15 @@ class GatewaySettings(Strict):
     max_documents: int = Field(64, ge=1)
     max_document_chars: int = Field(2_000_000, ge=1)
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    chunk_chars: int = Field(800, ge=50)
-    chunk_overlap_chars: int = Field(120, ge=0)
+    chunking: Literal["tokens", "chars"] = Field(
+        "tokens", description="tokens: the embedding service splits documents in its model's tokens along their "
+        "structure (headings carried into each chunk, list items and table rows kept whole, nothing past the "
+        "model's window); chars: split here by characters (chunk_chars), as before"
+    )
+    chunk_tokens: int = Field(200, ge=16, description="most tokens per chunk (capped at the embedding model's window)")
+    chunk_overlap_tokens: int = Field(32, ge=0, description="tokens consecutive chunks may share")
+    chunk_chars: int = Field(800, ge=50, description="chunking: chars only")
+    chunk_overlap_chars: int = Field(120, ge=0, description="chunking: chars only")
     pipelines_dir: str | None = Field(None, description="pipeline specs; default: the packaged ones")
     reload_interval_s: float = Field(2.0, gt=0, description="how often the specs folder is checked")
     shutdown_grace_s: float = Field(
@@ -274,6 +327,7 @@ class GatewaySettings(Strict):
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    admission: GatewayAdmissionSettings = GatewayAdmissionSettings()
 
 
 class Settings(Strict):

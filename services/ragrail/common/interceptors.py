@@ -7,6 +7,13 @@ grpc.aio, the generated handler's ``FromString`` raises inside grpc's own dispat
 answers UNKNOWN naming protobuf's DecodeError and logs a traceback per request: a log flood
 anyone can start without a key. Here a rejection logs one WARNING line, at most one per
 ``log_interval_s`` (the next line counts those left out).
+
+``refusing_handler``: what an interceptor returns to refuse a call (no key, over capacity)
+before its request is read. In grpc.aio an interceptor sees the method and the metadata but not
+the call's context, so it cannot abort there; it can only choose the handler. A unary-request
+handler would make grpc receive and decode the whole body (up to the message size limit) before
+the refusal runs; a request-streaming one is called with the request still unread, so the
+refusal costs the bytes already in flight (the HTTP/2 flow-control window), never a decode.
 """
 
 from __future__ import annotations
@@ -15,13 +22,13 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from ragrail.common.errors import InvalidArgument
+from ragrail.common.errors import InvalidArgument, RagrailError
 from ragrail.common.grpc_errors import abort
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,46 @@ _KINDS: dict[tuple[bool, bool], tuple[Callable[..., grpc.RpcMethodHandler], str]
     (True, False): (grpc.stream_unary_rpc_method_handler, "stream_unary"),
     (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream"),
 }
+
+
+def refusing_handler(handler: grpc.RpcMethodHandler, exc: RagrailError) -> grpc.RpcMethodHandler:
+    """A handler for ``handler``'s method that answers ``exc``'s status without reading the
+    request (see the module doc). The client cannot tell: on the wire a unary request is a
+    stream of one message, and the status (with retry-after, if any) is all it gets."""
+    if handler.response_streaming:
+
+        async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
+            await abort(context, exc)
+            yield  # pragma: no cover - abort raises; the yield makes this a generator
+
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort(context, exc)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
+    stream: Callable[[Callable[..., AsyncGenerator[Any, None]]], Callable[..., AsyncGenerator[Any, None]]],
+) -> grpc.RpcMethodHandler | None:
+    """``handler`` with its behavior wrapped: ``unary`` for a coroutine, ``stream`` for an async
+    generator; None for a sync behavior (none of ours), which the caller must handle."""
+    make, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    behavior = getattr(handler, attribute)
+    if inspect.isasyncgenfunction(behavior):
+        wrapped: Callable[..., Any] = stream(behavior)
+    elif inspect.iscoroutinefunction(behavior):
+        wrapped = unary(behavior)
+    else:
+        return None
+    return make(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class RateLimitedLog:
@@ -169,9 +216,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         return guarded
 
     def _wrap_generator(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self, behavior: Callable[..., AsyncGenerator[Any, None]], method: str
+    ) -> Callable[..., AsyncGenerator[Any, None]]:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             if isinstance(request, _Undecodable):
                 await self._reject(request.message, method, context)
             try:
@@ -189,4 +236,4 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         await abort(context, InvalidArgument(message))
 
 
-__all__ = ["DecodeGuard", "RateLimitedLog"]
+__all__ = ["DecodeGuard", "RateLimitedLog", "refusing_handler", "wrap_handler"]

@@ -36,12 +36,16 @@ def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     options: Sequence[tuple[str, int | str]] = (),
+    maximum_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Builds (not starts) a server; returns it, the bound port and its health servicer.
 
     ``options`` are extra gRPC channel arguments (keepalive, connection age).
+    ``maximum_concurrent_rpcs``: grpc refuses calls beyond it (RESOURCE_EXHAUSTED, no retry-after)
+    before any interceptor or read; None: no limit.
     """
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         # First, so it wraps the others: a request that cannot be decoded reaches none of them.
         interceptors=[DecodeGuard(), *interceptors],
         options=[

@@ -10,6 +10,21 @@ from ragrail.common.config import Settings
 
 
 QDRANT_API_KEY_ENV = "RAGRAIL_QDRANT_API_KEY"
+# Whole CPUs of the pod's limit (Kubernetes downward API, rounded up): a container sees every
+# core of its node, so torch would start one thread per node core and be throttled by the limit.
+CPU_LIMIT_ENV = "RAGRAIL_CPU_LIMIT"
+# What every Serve application reads besides its own section (models_path, qdrant_path).
+SHARED_KEYS = ("data_dir", "models_dir")
+
+
+def app_config(config: dict[str, Any], service: str) -> dict[str, Any]:
+    """The part of a config mapping one Serve application reads: its section and SHARED_KEYS.
+
+    Passed as the application's args (serveConfigV2), so a change to another service's or
+    the gateway's options leaves this application's config, and so its replicas, untouched.
+    The other sections take their defaults in the replica, where nothing reads them.
+    """
+    return {key: config[key] for key in (*SHARED_KEYS, service) if key in config}
 
 
 def replica_settings(args: dict[str, Any]) -> Settings:
@@ -32,14 +47,25 @@ def use_cpu_threads(threads: int | None) -> int:
 
     Ray exports OMP_NUM_THREADS=1 to an actor with a fractional num_cpus (the
     local stack's defaults), so torch ran every model replica on one thread.
-    Unset means every core the process may run on, what torch picks outside Ray.
+    Unset means every core the process may run on, what torch picks outside Ray, capped
+    by the container's CPU limit when the pod exports it (CPU_LIMIT_ENV).
     """
     import torch
 
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
-    count = threads or (len(affinity(0)) if affinity else os.cpu_count() or 1)
+    count = threads or default_cpu_threads(os.environ.get(CPU_LIMIT_ENV))
     torch.set_num_threads(count)
     return count
+
+
+def default_cpu_threads(cpu_limit: str | None) -> int:
+    """Cores this process may run on, at most the pod's CPU limit (whole CPUs) when known."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    try:
+        limit = int(cpu_limit or 0)
+    except ValueError:
+        limit = 0  # not a whole number: ignore it rather than fail the replica
+    return min(cores, limit) if limit > 0 else cores
 
 
 def quiet_libraries() -> None:

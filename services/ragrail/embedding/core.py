@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from ragrail.common.errors import require
 from ragrail.common.models import dtype_name, pick_dtype, tune_cuda_attention
+from ragrail.embedding.chunking import Chunk, TokenChunker
 
 if TYPE_CHECKING:
     from ragrail.common.config import EmbeddingSettings
@@ -44,6 +45,7 @@ class TextEmbedder:
         max_batch_size: int = 64,
         max_text_chars: int = 8192,
         max_tokens: int = 256,
+        max_document_chars: int = 2_000_000,
     ) -> None:
         self.name = name
         self.device = device
@@ -54,6 +56,8 @@ class TextEmbedder:
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModel.from_pretrained(location, dtype=self.dtype).to(device).eval()
         self.max_tokens = min(max_tokens, self.tokenizer.model_max_length)
+        self.max_document_chars = max_document_chars
+        self.chunker = TokenChunker(self.tokenizer, window=self.max_tokens)
         self.dimension: int = int(self.model.config.hidden_size)
         self.version = model_fingerprint(location)
         log.info("embedding model %s on %s (%s)", name, device, dtype_name(self.dtype))
@@ -70,6 +74,15 @@ class TextEmbedder:
                 len(text) <= self.max_text_chars,
                 f"texts[{i}] has {len(text)} characters; the limit is {self.max_text_chars}",
             )
+
+    def chunk(self, text: str, max_tokens: int = 0, overlap_tokens: int = 0) -> list[Chunk]:
+        """``text`` in chunks that fit this model's window (``max_tokens`` 0: the window)."""
+        require(bool(text.strip()), "text is empty")
+        require(
+            len(text) <= self.max_document_chars,
+            f"text has {len(text)} characters; the limit is {self.max_document_chars}",
+        )
+        return self.chunker.split(text, max_tokens or self.max_tokens, overlap_tokens, max_chars=self.max_text_chars)
 
     def embed(self, texts: list[str]) -> list[EmbeddedText]:
         self.validate(texts)
@@ -121,4 +134,5 @@ def build_embedder(settings: "EmbeddingSettings", models_dir: Path) -> TextEmbed
         max_batch_size=settings.max_batch_size,
         max_text_chars=settings.max_text_chars,
         max_tokens=settings.max_tokens,
+        max_document_chars=settings.max_document_chars,
     )

@@ -31,6 +31,16 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             model_version=self._embedder.version,
         )
 
+    @grpc_method(pb.ChunkResponse)
+    async def Chunk(self, request: pb.ChunkRequest, grpc_context: Any = None) -> pb.ChunkResponse:
+        # A thread (the splitter holds the GIL briefly per call), but not the model's metrics.
+        chunks = await asyncio.to_thread(self._embedder.chunk, request.text, request.max_tokens, request.overlap_tokens)
+        return pb.ChunkResponse(
+            chunks=[pb.TextChunk(text=c.text, heading=c.heading, token_count=c.token_count, start=c.start) for c in chunks],
+            model=self._embedder.name,
+            window=self._embedder.max_tokens,
+        )
+
     async def encode(self, texts: list[str]) -> list[EmbeddedText]:
         """Embeds validated texts; the Ray Serve wrapper overrides it with dynamic batching."""
         return await service_metrics("embedding").to_thread(self._embedder.encode, texts, batch_size=len(texts))

@@ -23,13 +23,21 @@ malformed hashes are errors) so a typo never silently opens or closes access.
 Callers send ``authorization: Bearer <key>`` as gRPC metadata. Each key has a
 token bucket that starts full, holds ``burst`` tokens and refills at
 ``rate_per_s``; one request takes one token.
+
+Keys rotate without a restart: an Authenticator made ``from_file`` re-reads its file
+when the file changes (``watch`` polls it; ``reload_if_changed`` on SIGHUP), so a
+revoked key is refused within one poll interval. A file that fails validation
+leaves the keys in force as they were (and is logged), never an open door or an
+empty key set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import threading
@@ -225,10 +233,15 @@ class Authenticator:
         self._lock = threading.Lock()
         self._keys = _compile(keys or ())
         self._buckets: dict[str, _Bucket] = {}
+        self.keys_file: Path | None = None  # set by from_file: what reload_if_changed re-reads
+        self._stamp: _Stamp | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, enabled: bool = True) -> Authenticator:
-        return cls(load_keys(path), enabled=enabled)
+        stamp = _stamp(Path(path))  # before reading: a change during the read is seen next poll
+        auth = cls(load_keys(path), enabled=enabled)
+        auth.keys_file, auth._stamp = Path(path), stamp
+        return auth
 
     @property
     def key_names(self) -> list[str]:
@@ -286,6 +299,36 @@ class Authenticator:
             retry_after_s=retry_after,
         )
 
+    def reload_if_changed(self, *, force: bool = False) -> bool:
+        """Re-reads ``keys_file`` when it changed since the last read (or ``force``: SIGHUP).
+
+        True when new keys are in force. A broken file is logged and the keys in force are
+        kept; it is not read again until it changes once more.
+        """
+        if self.keys_file is None:
+            return False
+        stamp = _stamp(self.keys_file)
+        if stamp == self._stamp and not force:
+            return False
+        self._stamp = stamp
+        try:
+            self.reload(self.keys_file)
+        except InvalidArgument as exc:
+            log.error("API keys not reloaded, the previous keys stay in force: %s", exc.message)
+            return False
+        log.info("API keys reloaded from %s: %s", self.keys_file, ", ".join(self.key_names) or "(none)")
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        """Polls ``keys_file`` every ``interval_s`` (a task of the gateway; cancel to stop).
+
+        Polling the mtime, not inotify: a Kubernetes Secret volume swaps a symlink to a new
+        folder, which an inotify watch on the file never sees; ``stat`` follows the link.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            self.reload_if_changed()
+
     def reload(self, path: str | Path) -> None:
         """Swaps in a new keys file; on error the old keys stay in force."""
         keys = _compile(load_keys(path))
@@ -295,6 +338,18 @@ class Authenticator:
             self._buckets = {n: b for n, b in self._buckets.items() if n in keys}
             for name, bucket in self._buckets.items():
                 bucket.tokens = min(bucket.tokens, float(keys[name].burst))
+
+
+# What tells a changed keys file apart: mtime, size and inode (a Secret update is a new file).
+_Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # gone (mid-swap): load_keys reports it if a reload is tried
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _authorization(metadata: Iterable[tuple[str, str]]) -> str | None:

@@ -79,6 +79,8 @@ class ModerationBackend(Protocol):
 class EmbeddingBackend(Protocol):
     async def embed(self, texts: Sequence[str], timeout: float) -> list[list[float]]: ...
 
+    async def chunk(self, text: str, max_tokens: int, overlap_tokens: int, timeout: float) -> list[str]: ...
+
 
 class RetrievalBackend(Protocol):
     """``count`` and ``search`` raise CollectionMissing when the collection does not exist."""
@@ -103,6 +105,17 @@ class RetrievalBackend(Protocol):
 
     async def delete_stale_chunks(
         self, collection: str, document_id: str, keep_below: int, timeout: float
+    ) -> None: ...
+
+    async def commit_document(
+        self, collection: str, document_id: str, version: str, expected_points: int, timeout: float
+    ) -> int:
+        """Makes a staged version the visible one; FailedPrecondition when a concurrent
+        commit of the same document removed some of its points. Returns points replaced."""
+        ...
+
+    async def discard_document_version(
+        self, collection: str, document_id: str, version: str, timeout: float
     ) -> None: ...
 
 

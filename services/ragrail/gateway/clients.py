@@ -17,6 +17,7 @@ from ragrail.common import tracing
 from ragrail.common.errors import (
     CollectionMissing,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     RagrailError,
     ResourceExhausted,
@@ -41,6 +42,7 @@ from ragrail.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 # Set per request by the gateway servicer; forwarded so Serve's logs carry it.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
+_MAX_QUERY_TEXT_CHARS = 4096  # what the retrieval service accepts for hybrid search
 _CATEGORIES = {
     "toxicity": moderation_pb2.CATEGORY_TOXICITY,
     "prompt_injection": moderation_pb2.CATEGORY_PROMPT_INJECTION,
@@ -121,6 +123,13 @@ class EmbeddingClient(_Client):
         response = await self._call(self.stub.Embed, embedding_pb2.EmbedRequest(texts=list(texts)), timeout)
         return [list(e.values) for e in response.embeddings]  # type: ignore[attr-defined]
 
+    async def chunk(self, text: str, max_tokens: int, overlap_tokens: int, timeout: float) -> list[str]:
+        """``text`` split by the embedding service in its model's tokens, each chunk's text
+        led by its heading path; the chunks fit the model's window."""
+        request = embedding_pb2.ChunkRequest(text=text, max_tokens=max_tokens, overlap_tokens=overlap_tokens)
+        response = await self._call(self.stub.Chunk, request, timeout)
+        return [c.text for c in response.chunks]  # type: ignore[attr-defined]
+
 
 class RetrievalClient(_Client):
     application = "retrieval"
@@ -167,13 +176,16 @@ class RetrievalClient(_Client):
         threshold: float,
         timeout: float,
         filters: Mapping[str, Any] | None = None,
+        query_text: str | None = None,
     ) -> list[Passage]:
+        """Passages over ``threshold``; with ``query_text``, ranked hybrid (dense + BM25)."""
         request = retrieval_pb2.SearchRequest(
             collection=collection,
             vector=list(vector),
             top_k=top_k,
             score_threshold=threshold,
             payload_fields=["document_id", "text", "chunk_index"],
+            query_text=(query_text or "")[:_MAX_QUERY_TEXT_CHARS],
         )
         if filters:
             request.filter.CopyFrom(retrieval_pb2.Filter(must=[_condition(k, v) for k, v in filters.items()]))
@@ -199,7 +211,7 @@ class RetrievalClient(_Client):
                 for c in chunks
             ],
         )
-        response = await self._call(self.stub.Upsert, request, timeout)
+        response = await self._read(self.stub.Upsert, request, timeout, collection)
         return int(response.upserted)  # type: ignore[attr-defined]
 
     async def delete_stale_chunks(
@@ -215,6 +227,29 @@ class RetrievalClient(_Client):
             ),
         )
         await self._call(self.stub.Delete, request, timeout)
+
+    async def commit_document(
+        self, collection: str, document_id: str, version: str, expected_points: int, timeout: float
+    ) -> int:
+        request = retrieval_pb2.CommitDocumentRequest(
+            collection=collection, document_id=document_id, version=version, expected_points=expected_points
+        )
+        try:
+            response = await self._read(self.stub.CommitDocument, request, timeout, collection)
+        except Unavailable as error:
+            if "FAILED_PRECONDITION" in error.message:
+                # Superseded by a concurrent commit of the same document: the caller's to retry.
+                raise FailedPrecondition(f"document {document_id!r} was replaced by a concurrent ingest") from None
+            raise
+        return int(response.replaced_points)  # type: ignore[attr-defined]
+
+    async def discard_document_version(
+        self, collection: str, document_id: str, version: str, timeout: float
+    ) -> None:
+        request = retrieval_pb2.DiscardDocumentVersionRequest(
+            collection=collection, document_id=document_id, version=version
+        )
+        await self._read(self.stub.DiscardDocumentVersion, request, timeout, collection)
 
 
 def _condition(key: str, value: Any) -> Any:

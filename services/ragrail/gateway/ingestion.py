@@ -1,20 +1,40 @@
-"""Document ingestion: chunk, drop toxic chunks, embed, store idempotently.
+"""Document ingestion: chunk, drop toxic chunks, embed, store one whole version at a time.
 
-Point ids are derived from (document id, chunk index), so ingesting the same
-file again overwrites its chunks instead of duplicating them; chunks left over
-from a longer earlier version are deleted afterwards.
+Each ingest of a document writes a new *version*: its chunks get point ids derived from
+(document id, version, chunk index) and the payload keys ``version`` and ``staged: true``,
+which the retrieval service's search never returns. Once every chunk is stored, one
+``CommitDocument`` call drops the document's other versions and unstages this one; the
+retrieval service runs the embedded store's calls on one thread, so no search runs
+between the two and a reader sees the old version whole or the new one whole. A failure
+before the commit leaves the old version as it was (the staged chunks are discarded, or
+stay invisible until the next commit of that document deletes them).
+
+Serialized by id: within one gateway a per-id lock orders concurrent ingests of one
+document (the later request wins). Across gateway replicas the commit decides: the last
+commit wins whole, and a commit whose staged chunks were deleted by a concurrent one fails
+with FAILED_PRECONDITION for that document (retry). Details in docs/reliability.md.
+
+A multi-document call reports each document: committed, or failed with its status (the
+others still go ahead); see ``IngestOutcome``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import require
+from ragrail.common.errors import CollectionMissing, RagrailError, require
 from ragrail.gateway.backends import Backends, StoredChunk
 from ragrail.gateway.chunking import chunk_text
+
+log = logging.getLogger(__name__)
 
 # Fixed namespace: ids must be identical across runs and machines.
 _POINT_NAMESPACE = uuid.UUID("6f1c1e36-7a51-4a4c-9d55-2b7d3f0e8a11")
@@ -25,6 +45,8 @@ UPSERT_BATCH = 256
 # without them one request multiplies a field by its chunk count in the store.
 MAX_DOCUMENT_ID_CHARS = 512
 MAX_SOURCE_CHARS = 1024
+# Cleaning up a failed version gets its own short budget: the caller's may be spent.
+DISCARD_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +61,46 @@ class IngestOutcome:
     document_id: str
     chunks_stored: int
     chunks_dropped: int
+    # Set when the document failed: nothing of its new version is visible.
+    error: RagrailError | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.error is None
 
 
-def point_id(document_id: str, chunk_index: int) -> str:
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}\x00{chunk_index}"))
+def point_id(document_id: str, chunk_index: int, version: str = "") -> str:
+    key = f"{document_id}\x00{version}\x00{chunk_index}" if version else f"{document_id}\x00{chunk_index}"
+    return str(uuid.uuid5(_POINT_NAMESPACE, key))
+
+
+def new_version() -> str:
+    """Sortable by time (easier to read in a store), unique by its random tail."""
+    return f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
+
+
+class KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it (bounded)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 def _require_at_most(value: str, limit: int, field: str) -> None:
@@ -59,13 +117,25 @@ class Ingestor:
         overlap_chars: int,
         max_documents: int,
         max_document_chars: int,
+        version_factory: Callable[[], str] = new_version,
+        chunking: Literal["tokens", "chars"] = "chars",
+        chunk_tokens: int = 200,
+        overlap_tokens: int = 32,
     ) -> None:
+        """``chunking``: "tokens" asks the embedding service to split each document in its
+        model's tokens along the document's structure (no chunk past the model's window);
+        "chars" splits here by characters, as before."""
         self.backends = backends
         self.collection = collection
         self.chunk_chars = chunk_chars
         self.overlap_chars = overlap_chars
         self.max_documents = max_documents
         self.max_document_chars = max_document_chars
+        self.new_version = version_factory
+        self.chunking = chunking
+        self.chunk_tokens = chunk_tokens
+        self.overlap_tokens = overlap_tokens
+        self.locks = KeyedLocks()
 
     def validate(self, documents: Sequence[IngestDocument]) -> None:
         require(len(documents) > 0, "documents must not be empty")
@@ -85,39 +155,92 @@ class Ingestor:
             _require_at_most(doc.source, MAX_SOURCE_CHARS, f"documents[{i}].source")
 
     async def ingest(self, documents: Sequence[IngestDocument], deadline: Deadline) -> list[IngestOutcome]:
+        """One outcome per document, in order; raises the first document's error when none committed."""
         self.validate(documents)
-        return [await self._ingest_one(doc, deadline) for doc in documents]
+        outcomes = [await self._ingest_serialized(doc, deadline) for doc in documents]
+        failed = [o.error for o in outcomes if o.error is not None]
+        if len(failed) == len(outcomes):
+            raise failed[0]
+        return outcomes
+
+    async def _ingest_serialized(self, doc: IngestDocument, deadline: Deadline) -> IngestOutcome:
+        async with self.locks.hold(doc.document_id):
+            try:
+                return await self._ingest_one(doc, deadline)
+            except RagrailError as error:
+                log.warning("ingest of %r failed: %s", doc.document_id, error.message)
+                return IngestOutcome(doc.document_id, 0, 0, error)
 
     async def _ingest_one(self, doc: IngestDocument, deadline: Deadline) -> IngestOutcome:
-        chunks = chunk_text(doc.text, self.chunk_chars, self.overlap_chars)
+        chunks = await self._chunks(doc.text, deadline)
         kept = await self._drop_toxic(chunks, deadline)
+        version = self.new_version()
         stored: list[StoredChunk] = []
         for start in range(0, len(kept), EMBED_BATCH):
             batch = kept[start : start + EMBED_BATCH]
             vectors = await self.backends.embedding.embed(batch, deadline.timeout("embed"))
             stored.extend(
                 StoredChunk(
-                    id=point_id(doc.document_id, position),
+                    id=point_id(doc.document_id, position, version),
                     vector=vector,
                     payload={
                         "document_id": doc.document_id,
-                        # Position among stored chunks: ids and stale-chunk
-                        # deletion both key on it.
+                        "version": version,
+                        # Position among stored chunks (dense after dropped ones).
                         "chunk_index": position,
                         "text": text,
                         "source": doc.source,
+                        "staged": True,  # invisible to search until committed
                     },
                 )
                 for position, (text, vector) in enumerate(zip(batch, vectors, strict=True), start)
             )
-        for start in range(0, len(stored), UPSERT_BATCH):
-            await self.backends.retrieval.upsert(
-                self.collection, stored[start : start + UPSERT_BATCH], deadline.timeout("upsert")
-            )
-        await self.backends.retrieval.delete_stale_chunks(
-            self.collection, doc.document_id, len(stored), deadline.timeout("delete")
-        )
+        try:
+            await self._stage(stored, deadline)
+            await self._commit(doc.document_id, version, len(stored), deadline)
+        except BaseException:
+            # Cancelled (the caller left) too: the version must not linger, even invisibly.
+            await self._discard(doc.document_id, version)
+            raise
         return IngestOutcome(doc.document_id, len(stored), len(chunks) - len(kept))
+
+    async def _chunks(self, text: str, deadline: Deadline) -> list[str]:
+        if self.chunking == "chars":
+            return chunk_text(text, self.chunk_chars, self.overlap_chars)
+        return await self.backends.embedding.chunk(text, self.chunk_tokens, self.overlap_tokens, deadline.timeout("chunk"))
+
+    async def _stage(self, stored: list[StoredChunk], deadline: Deadline) -> None:
+        for start in range(0, len(stored), UPSERT_BATCH):
+            batch = stored[start : start + UPSERT_BATCH]
+            try:
+                await self.backends.retrieval.upsert(self.collection, batch, deadline.timeout("upsert"))
+            except CollectionMissing:
+                # Deleted while serving (collections are otherwise made only at startup):
+                # recreate it with these vectors' dimension rather than fail every ingest.
+                log.warning("collection %s is missing; recreating it", self.collection)
+                await self.backends.retrieval.ensure_collection(
+                    self.collection, len(batch[0].vector), deadline.timeout("collection")
+                )
+                await self.backends.retrieval.upsert(self.collection, batch, deadline.timeout("upsert"))
+
+    async def _commit(self, document_id: str, version: str, points: int, deadline: Deadline) -> None:
+        try:
+            await self.backends.retrieval.commit_document(
+                self.collection, document_id, version, points, deadline.timeout("commit")
+            )
+        except CollectionMissing:
+            if points:
+                raise
+            # Every chunk was dropped and there is no collection: nothing to replace.
+
+    async def _discard(self, document_id: str, version: str) -> None:
+        try:
+            await self.backends.retrieval.discard_document_version(
+                self.collection, document_id, version, DISCARD_TIMEOUT_S
+            )
+        except (RagrailError, asyncio.CancelledError) as error:
+            # Staged points stay invisible; the next commit of this document deletes them.
+            log.warning("could not discard version %s of %r: %s", version, document_id, error)
 
     async def _drop_toxic(self, chunks: list[str], deadline: Deadline) -> list[str]:
         kept: list[str] = []

@@ -36,6 +36,13 @@ class GatewayMetrics:
             ["pipeline", "version", "reason"],
             registry=self.registry,
         )
+        self.answer_modes = Counter(
+            "ragrail_gateway_answer_modes_total",
+            "Answers by mode: generated, extractive (quoted passages: a ground stage held the model's answer "
+            "back) or canned.",
+            ["pipeline", "version", "mode"],
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "ragrail_gateway_tokens_total",
             "Model tokens used by pipeline runs: kind=prompt (read) or completion (generated).",
@@ -46,6 +53,12 @@ class GatewayMetrics:
             "ragrail_gateway_in_flight_requests",
             "Requests being processed.",
             ["method"],
+            registry=self.registry,
+        )
+        self.rpcs = Counter(
+            "ragrail_gateway_rpcs_total",
+            "Gateway RPCs (health and reflection aside) by method and final gRPC code, refusals included.",
+            ["method", "code"],
             registry=self.registry,
         )
         self.moderation_flags = Counter(

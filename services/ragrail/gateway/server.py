@@ -33,18 +33,39 @@ from ragrail.gateway.backends import Backends
 from ragrail.gateway.clients import grpc_backends
 from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.ingestion import Ingestor
+from ragrail.gateway.interceptors import PUBLIC, GatewayInterceptor, MethodPolicy
 from ragrail.gateway.metrics import GatewayMetrics
 from ragrail.gateway.registry import RegistryLoader
 from ragrail.gateway.resilience import CircuitBreaker, CircuitState, RetryBudget
 from ragrail.gateway.servicer import GatewayServicer, GatewayState
 from ragrail.gateway.specs import PipelineSpec
 from ragrail.gateway.stages import StageRunner
+from ragrail.gateway.tls import CertificateReloader, TlsFiles
 from ragrail.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+# How GatewayInterceptor treats each RPC of the gateway's server. Any method not listed (every
+# GatewayService RPC, present and future) needs a key, takes a rate-limit token and an RPC slot;
+# public methods are only the ones that must answer without a key (probes, grpcurl's listing).
+METHOD_POLICIES: dict[str, MethodPolicy] = {
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+    f"/{SERVICE_NAME}/Run": MethodPolicy(admission="query"),
+    f"/{SERVICE_NAME}/RunStream": MethodPolicy(admission="query"),
+    f"/{SERVICE_NAME}/Ingest": MethodPolicy(ingest_scope=True, admission="ingest"),
+}
+# grpc's own hard limit on concurrent RPCs sits this far above admission.max_concurrent_rpcs:
+# the interceptor refuses first (with retry-after, health exempt); grpc's limit only catches a
+# burst that arrives faster than the interceptor's count rises (it counts before any read).
+GRPC_LIMIT_HEADROOM = 64
 STARTUP_CALL_TIMEOUT_S = 60.0
+# Without wait_ready: each start-up attempt's deadline, and the longest pause between attempts.
+READY_ATTEMPT_TIMEOUT_S = 10.0
+READY_RETRY_MAX_S = 5.0
 
 
 @dataclass
@@ -132,15 +153,12 @@ def connection_age_options(max_age_s: float | None) -> list[tuple[str, int]]:
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials that pick up renewed certificate files at the next handshake."""
     tls = settings.gateway.tls
     if not (tls.cert_file and tls.key_file):
         return None
-    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
+    ca = Path(tls.client_ca_file) if tls.client_ca_file else None
+    return CertificateReloader(TlsFiles(Path(tls.cert_file), Path(tls.key_file), ca)).credentials()
 
 
 def build_gateway(
@@ -184,6 +202,9 @@ def build_gateway(
         overlap_chars=g.chunk_overlap_chars,
         max_documents=g.max_documents,
         max_document_chars=g.max_document_chars,
+        chunking=g.chunking,
+        chunk_tokens=g.chunk_tokens,
+        overlap_tokens=g.chunk_overlap_tokens,
     )
     auth = (
         Authenticator.from_file(g.auth.keys_file, enabled=True)
@@ -195,9 +216,9 @@ def build_gateway(
     return GatewayServicer(state, ingestor, metrics, auth, feedback), loader
 
 
-async def ensure_collection(backends: Backends, collection: str) -> int:
+async def ensure_collection(backends: Backends, collection: str, timeout_s: float = STARTUP_CALL_TIMEOUT_S) -> int:
     """Creates the collection with the embedding model's dimension; returns its size."""
-    deadline = Deadline(STARTUP_CALL_TIMEOUT_S)
+    deadline = Deadline(timeout_s)
     [probe] = await backends.embedding.embed(["dimension probe"], deadline.timeout("embed"))
     await backends.retrieval.ensure_collection(collection, len(probe), deadline.timeout("collection"))
     return await backends.retrieval.count(collection, deadline.timeout("collection"))
@@ -214,6 +235,28 @@ async def _watch(gateway: RunningGateway, interval_s: float) -> None:
             gateway.servicer.metrics.queued.labels(ref).set(admission.queued)
 
 
+async def _become_ready(gateway: RunningGateway, collection: str) -> None:
+    """Retries the start-up calls until Serve answers, then turns health SERVING.
+
+    While a RayService warms up (minutes, on GPUs) the gateway stays up and NOT_SERVING:
+    readiness keeps traffic away, the startup probe's budget decides when to give up.
+    """
+    delay, failures = 0.25, 0
+    while True:
+        try:
+            await ensure_collection(gateway.servicer.ingestor.backends, collection, READY_ATTEMPT_TIMEOUT_S)
+        except Exception as exc:  # unreachable, still deploying, or failing: all mean "not yet"
+            failures += 1
+            if failures == 1 or failures % 20 == 0:
+                log.warning("waiting for Ray Serve (attempt %d, health NOT_SERVING): %s", failures, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READY_RETRY_MAX_S)
+            continue
+        await mark_serving(gateway.health, [SERVICE_NAME])
+        log.info("Ray Serve answers: health SERVING (after %d failed attempt(s))", failures)
+        return
+
+
 async def start_gateway(
     settings: Settings,
     *,
@@ -221,8 +264,13 @@ async def start_gateway(
     service_statuses: Callable[[], dict[str, object]] | None = None,
     health_port: int | None = None,
     health_host: str | None = None,
+    wait_ready: bool = True,
 ) -> RunningGateway:
     """Starts serving; health says SERVING once the collection is ready.
+
+    ``wait_ready`` (``ragrail up``, tests): returns once ready, or stops and raises when Serve
+    does not answer within STARTUP_CALL_TIMEOUT_S. Without it (``ragrail gateway``, in
+    Kubernetes): returns at once, NOT_SERVING, and keeps trying until Serve answers.
 
     ``health_port`` (0: any free port; None: off) adds a plaintext port that serves only
     grpc.health.v1, with the same status as the gateway port, on ``health_host``
@@ -232,10 +280,13 @@ async def start_gateway(
     channel = grpc.aio.insecure_channel(g.serve_address, options=serve_channel_options(g.max_message_bytes))
     servicer, loader = build_gateway(settings, channel, backends_for)
     servicer.state.service_statuses = service_statuses
+    interceptor = GatewayInterceptor(servicer.auth, METHOD_POLICIES, g.admission, servicer.metrics)
     server, port, health = create_server(
         host_port(g.host, g.port),
         [ServiceBinding(servicer, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)],
         max_message_bytes=g.max_message_bytes,
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=g.admission.max_concurrent_rpcs + GRPC_LIMIT_HEADROOM,
         credentials=_credentials(settings),
         options=connection_age_options(g.max_connection_age_s),
     )
@@ -249,20 +300,25 @@ async def start_gateway(
     if health_server is not None:
         await health_server.start()
     metrics_port = serve_metrics(servicer.metrics.registry, g.host, g.metrics_port)
-    try:
-        await ensure_collection(servicer.ingestor.backends, g.collection)
-    except BaseException:
-        await server.stop(0)  # a half-started gateway must not outlive its failed start
-        if health_server is not None:
-            await health_server.stop(0)
-        await channel.close()
-        raise
-    await mark_serving(health, [SERVICE_NAME])
+    if wait_ready:
+        try:
+            await ensure_collection(servicer.ingestor.backends, g.collection)
+        except BaseException:
+            await server.stop(0)  # a half-started gateway must not outlive its failed start
+            if health_server is not None:
+                await health_server.stop(0)
+            await channel.close()
+            raise
+        await mark_serving(health, [SERVICE_NAME])
     gateway = RunningGateway(
         server, port, metrics_port, servicer, loader, channel, health,
         health_server=health_server, health_port=bound_health_port, grace_s=g.shutdown_grace_s,
     )
     gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
+    if not wait_ready:
+        gateway.tasks.append(asyncio.create_task(_become_ready(gateway, g.collection)))
+    if servicer.auth.keys_file is not None:  # revoked keys are refused within one interval
+        gateway.tasks.append(asyncio.create_task(servicer.auth.watch(g.reload_interval_s)))
     return gateway
 
 

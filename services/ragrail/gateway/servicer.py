@@ -1,4 +1,8 @@
-"""gRPC face of the gateway: auth, admission, deadlines, metrics, proto conversion."""
+"""gRPC face of the gateway: pipeline resolution, deadlines, pipeline metrics, proto conversion.
+
+Authentication, key rate limits, request ids, front-door admission and RPC counts are not here:
+``ragrail.gateway.interceptors`` applies them to every RPC before a handler runs.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,9 +22,10 @@ from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_meth
 from ragrail.gateway.auth import Authenticator, Principal
 from ragrail.gateway.clients import current_request_id
 from ragrail.gateway.feedback import FeedbackStore
-from ragrail.gateway.ingestion import IngestDocument, Ingestor
+from ragrail.gateway.interceptors import Call, current_call, in_process_call
+from ragrail.gateway.ingestion import IngestDocument, Ingestor, IngestOutcome
 from ragrail.gateway.metrics import GatewayMetrics
-from ragrail.gateway.pipeline import FallbackReason, Pipeline, RunResult
+from ragrail.gateway.pipeline import AnswerMode, FallbackReason, Pipeline, RunResult
 from ragrail.gateway.registry import PipelineRegistry, collection_states
 from ragrail.gateway.stages import StageRunner
 from ragrail.gateway.v1 import gateway_pb2 as pb
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 _REASONS = {None: pb.FALLBACK_REASON_UNSPECIFIED} | {
     reason: pb.FallbackReason.Value(f"FALLBACK_REASON_{reason.name}") for reason in FallbackReason
 }
+_MODES: dict[AnswerMode, Any] = {mode: pb.AnswerMode.Value(f"ANSWER_MODE_{mode.name}") for mode in AnswerMode}
 INGEST_BUDGET_S = 600.0
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
 RECENT_REQUESTS = 10_000  # request id -> pipeline@version, for Feedback
@@ -73,6 +78,20 @@ def result_to_pb(result: RunResult, request_id: str) -> pb.RunResponse:
         usage=pb.TokenUsage(
             prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens
         ),
+        answer_mode=_MODES[result.answer_mode],
+    )
+
+
+def document_result_to_pb(o: IngestOutcome) -> pb.DocumentResult:
+    """One document of an Ingest call: committed, or failed with its status (nothing of it stored)."""
+    if o.error is None:
+        return pb.DocumentResult(
+            document_id=o.document_id, chunks_stored=o.chunks_stored, chunks_dropped=o.chunks_dropped,
+            status=pb.DOCUMENT_STATUS_COMMITTED,
+        )
+    return pb.DocumentResult(
+        document_id=o.document_id, status=pb.DOCUMENT_STATUS_FAILED,
+        error=o.error.message, error_code=o.error.status.value,
     )
 
 
@@ -101,19 +120,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.auth = auth
         self.feedback = feedback
 
-    def _admit(self, grpc_context: Any, ref: str, session_id: str) -> tuple[Pipeline, str, Deadline, Principal]:
-        principal = self.auth.authenticate(_metadata(grpc_context))
+    def _caller(self, grpc_context: Any, method: str) -> Call:
+        """The caller the interceptor admitted; for an in-process call (no interceptor), the
+        caller its metadata names, authenticated here (fails closed when auth is on)."""
+        call = current_call.get()
+        if call is None:
+            call = in_process_call(self.auth, _metadata(grpc_context), method)
+            current_request_id.set(call.request_id)
+        return call
+
+    def _admit(
+        self, grpc_context: Any, ref: str, session_id: str, method: str
+    ) -> tuple[Pipeline, str, Deadline, Principal]:
+        call = self._caller(grpc_context, method)
         registry = self.state.registry
-        pipeline = registry.resolve(ref, session_id or principal.name)
-        self.auth.authorize(principal, pipeline.name)
-        self.auth.admit(principal)
-        request_id = _start_request(grpc_context)
+        pipeline = registry.resolve(ref, session_id or call.principal.name)
+        self.auth.authorize(call.principal, pipeline.name)  # the key's pipeline scope needs the request
         deadline = Deadline.within(pipeline.spec.budget_s, _time_remaining(grpc_context))
-        return pipeline, request_id, deadline, principal
+        return pipeline, call.request_id, deadline, call.principal
 
     @grpc_method(pb.RunResponse)
     async def Run(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunResponse:
-        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id)
+        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "Run")
         with self._observe(pipeline, "Run") as observation:
             async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
                 result = await pipeline.run(request.query, deadline)
@@ -125,7 +153,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def RunStream(
         self, request: pb.RunStreamRequest, grpc_context: Any = None
     ) -> AsyncIterator[pb.RunStreamResponse]:
-        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id)
+        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "RunStream")
         with self._observe(pipeline, "RunStream") as observation:
             async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
                 # aclosing: a client that goes away closes the pipeline's stream, which
@@ -144,33 +172,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListPipelines(
         self, request: pb.ListPipelinesRequest, grpc_context: Any = None
     ) -> pb.ListPipelinesResponse:
-        self.auth.authenticate(_metadata(grpc_context))
         registry = self.state.registry
         return pb.ListPipelinesResponse(pipelines=[pipeline_info(registry, p) for p in registry.all()])
 
     @grpc_method(pb.IngestResponse)
     async def Ingest(self, request: pb.IngestRequest, grpc_context: Any = None) -> pb.IngestResponse:
-        principal = self.auth.authenticate(_metadata(grpc_context))
-        self.auth.authorize_ingest(principal)
-        _start_request(grpc_context)
         documents = [IngestDocument(d.document_id, d.text, d.source) for d in request.documents]
         deadline = Deadline.within(INGEST_BUDGET_S, _time_remaining(grpc_context))
         outcomes = await self.ingestor.ingest(documents, deadline)
         for o in outcomes:
             self.metrics.ingested_chunks.labels("stored").inc(o.chunks_stored)
             self.metrics.ingested_chunks.labels("dropped").inc(o.chunks_dropped)
-        return pb.IngestResponse(
-            documents=[
-                pb.DocumentResult(
-                    document_id=o.document_id, chunks_stored=o.chunks_stored, chunks_dropped=o.chunks_dropped
-                )
-                for o in outcomes
-            ]
-        )
+        return pb.IngestResponse(documents=[document_result_to_pb(o) for o in outcomes])
 
     @grpc_method(pb.FeedbackResponse)
     async def Feedback(self, request: pb.FeedbackRequest, grpc_context: Any = None) -> pb.FeedbackResponse:
-        self.auth.authenticate(_metadata(grpc_context))
         known = self.state.recent.get(request.request_id)
         pipeline, version = known if known else ("", 0)
         await self.feedback.record_async(request.request_id, pipeline, version, request.rating, request.comment)
@@ -179,7 +195,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @grpc_method(pb.StatusResponse)
     async def Status(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusResponse:
-        self.auth.authenticate(_metadata(grpc_context))
         registry = self.state.registry
         services = self.state.service_statuses() if self.state.service_statuses else {}
         check = Deadline.within(STATUS_CHECK_S, _time_remaining(grpc_context))
@@ -220,8 +235,7 @@ class _Observation:
         self._span_scope = tracing.pipeline_run_span(pipeline.name, pipeline.version, method)
 
     def __enter__(self) -> _Observation:
-        self.start = time.perf_counter()
-        self.metrics.in_flight.labels(self.method).inc()
+        self.start = time.perf_counter()  # (the in-flight gauge is the interceptor's, for every RPC)
         self.span = self._span_scope.__enter__()
         return self
 
@@ -244,7 +258,6 @@ class _Observation:
             self._span_scope.__exit__(exc_type, exc, tb)
 
     def _count(self, exc: BaseException | None) -> None:
-        self.metrics.in_flight.labels(self.method).dec()
         elapsed = time.perf_counter() - self.start
         if exc is not None:
             _, code = _outcome(exc, None)
@@ -262,6 +275,7 @@ class _Observation:
             self.metrics.stage_duration.labels(*self.labels, stage).observe(seconds)
         if result.fallback_reason is not None:
             self.metrics.fallbacks.labels(*self.labels, result.fallback_reason.value).inc()
+        self.metrics.answer_modes.labels(*self.labels, result.answer_mode.value).inc()
         for category in result.moderation_flags:
             self.metrics.moderation_flags.labels(*self.labels, result.failed_stage, category).inc()
         if result.citations:
@@ -283,23 +297,10 @@ def _outcome(exc: BaseException | None, result: RunResult | None) -> tuple[str, 
     return ("fallback" if result.fallback else "answered"), "OK"
 
 
-def _start_request(grpc_context: Any) -> str:
-    request_id = _metadata_value(grpc_context, "x-request-id") or uuid.uuid4().hex
-    current_request_id.set(request_id)
-    return request_id
-
-
 def _metadata(grpc_context: Any) -> tuple[tuple[str, str], ...]:
     if grpc_context is None:
         return ()
     return tuple((k, v) for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str))
-
-
-def _metadata_value(grpc_context: Any, key: str) -> str | None:
-    for k, v in _metadata(grpc_context):
-        if k == key:
-            return v[:128]
-    return None
 
 
 def _time_remaining(grpc_context: Any) -> float | None:

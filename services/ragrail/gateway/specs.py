@@ -160,15 +160,22 @@ class RetrieveStage(_Stage, StageSpec):
         default_factory=dict, description="payload conditions every passage must meet: key -> exact keyword, "
         "integer or boolean, or a list of accepted keywords"
     )
+    hybrid: bool = Field(
+        False, description="also rank the passages by the query's words (BM25) and fuse both rankings (RRF): a name "
+        "or a number in the question lifts the passage that has it. Only passages over score_threshold are "
+        "considered and scores stay cosine similarities; collections created before hybrid search answer dense"
+    )
 
 
 class GenerateStage(_Stage, Sampling):
     """Generates text; its output becomes the answer (and, with ``output``, a named output)."""
 
     type: Literal["generate"] = Field(description="stage type")
-    prompt: Literal["grounded", "plain"] = Field(
+    prompt: Literal["grounded", "cited", "plain"] = Field(
         "grounded", description="grounded: the system prompt, then the retrieved passages and the question in "
-        "keyed tags (needs a retrieve stage before); plain: the system prompt, then the input text"
+        "keyed tags (needs a retrieve stage before); cited: the passages in a keyed tag, then the question, "
+        "the tags not spelled out in the system turn (small models echoed them); plain: the system prompt, "
+        "then the input text"
     )
     input: Literal["query", "answer"] = Field("query", description="the text the prompt is built from")
     system_prompt: str = Field(DEFAULT_RAG_PROMPT, min_length=1, description="the system turn")
@@ -177,6 +184,32 @@ class GenerateStage(_Stage, Sampling):
         "after it passed it; only output moderate stages may follow a streaming generate"
     )
     output: str = Field("", description="also publish the answer under this key in the response's outputs")
+
+
+GroundCheck = Literal["numbers", "times", "names", "units", "prompt_echo", "repetition", "substance"]
+
+
+class GroundStage(_Stage):
+    """Releases the answer only when it is grounded in the retrieved passages: every number,
+    time and proper name found in them, numbers with the passages' units, no echo of the
+    prompt, no repeated sentence. Otherwise the passages' best-matching sentences are quoted
+    (answer mode extractive) or, with none good enough, the ungrounded canned answer."""
+
+    type: Literal["ground"] = Field(description="stage type")
+    checks: tuple[GroundCheck, ...] = Field(
+        ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance"), min_length=1,
+        description="what is checked: numbers (figures, years, days of dates), times (06:00), names (capitalised "
+        "words, month names included), units (a passage's figure with another unit), prompt_echo (wrapper tags, "
+        "system prompt), repetition (a sentence said twice), substance (no content word at all, e.g. \"The answer is:\")",
+    )
+    on_failure: Literal["extractive", "canned"] = Field(
+        "extractive", description="extractive: quote the passages' sentences that best match the question "
+        "(canned when none scores min_sentence_score); canned: the ungrounded canned answer"
+    )
+    min_sentence_score: float = Field(
+        0.5, gt=0, le=1, description="share of the question's content words a quoted sentence must contain"
+    )
+    max_quoted_sentences: int = Field(2, ge=1, le=10, description="sentences quoted at most")
 
 
 class ClassifyStage(_Stage, Sampling):
@@ -227,7 +260,7 @@ class RouteStage(_Stage):
 
 
 Stage = Annotated[
-    Union[ModerateStage, EmbedStage, RetrieveStage, GenerateStage, ClassifyStage, RouteStage],
+    Union[ModerateStage, EmbedStage, RetrieveStage, GenerateStage, GroundStage, ClassifyStage, RouteStage],
     Field(discriminator="type"),
 ]
 
@@ -331,6 +364,10 @@ class Fallbacks(_Strict):
     overload: str = Field("The service is busy right now. Please try again shortly.", description="a backend is full")
     invalid_output: str = Field(
         "Sorry, I couldn't produce a valid answer for that.", description="classify found no label"
+    )
+    ungrounded: str = Field(
+        "I couldn't find a reliable answer to that in the documents.",
+        description="a ground stage held the answer back and no passage sentence matched the question well enough",
     )
 
 
@@ -459,12 +496,23 @@ def check_stages(stages: Sequence[Any]) -> None:
         if isinstance(stage, RetrieveStage) and not any(isinstance(s, EmbedStage) for s in before):
             raise ValueError(f"{where}: needs an embed stage before it")
         if isinstance(stage, GenerateStage):
-            if stage.prompt == "grounded" and not any(isinstance(s, RetrieveStage) for s in before):
-                raise ValueError(f"{where}: a grounded prompt needs a retrieve stage before it (or prompt: plain)")
+            if stage.prompt != "plain" and not any(isinstance(s, RetrieveStage) for s in before):
+                raise ValueError(f"{where}: a {stage.prompt} prompt needs a retrieve stage before it (or prompt: plain)")
             if stage.stream:
                 after = stages[i + 1 :]
-                if not all(isinstance(s, ModerateStage) and s.check == "output" for s in after):
-                    raise ValueError(f"{where}: only output moderate stages may follow a streaming generate")
+                if not all(isinstance(s, GroundStage) or (isinstance(s, ModerateStage) and s.check == "output")
+                           for s in after):
+                    raise ValueError(
+                        f"{where}: only output moderate stages may follow a streaming generate (and ground stages)"
+                    )
+        if isinstance(stage, GroundStage):
+            if not any(isinstance(s, GenerateStage) for s in before):
+                raise ValueError(f"{where}: needs a generate stage before it (it checks the answer)")
+            if not any(isinstance(s, RetrieveStage) for s in before):
+                raise ValueError(f"{where}: needs a retrieve stage before it (it checks against the passages)")
+            last_generate = max(j for j, s in enumerate(before) if isinstance(s, GenerateStage))
+            if any(isinstance(s, ModerateStage) and s.check == "output" for s in before[last_generate:]):
+                raise ValueError(f"{where}: put it before the output moderate stages, so they check its quotes too")
         if isinstance(stage, RouteStage):
             if i != len(stages) - 1:
                 raise ValueError(f"{where}: route ends the run; it must be the last stage")

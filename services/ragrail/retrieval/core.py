@@ -5,6 +5,15 @@ the server's segments, HNSW index and payload indexes, in ``ragrail.retrieval.ed
 ``QdrantClient(url=...)`` (a server, over gRPC) and qdrant-client's pure-Python local
 mode (``QdrantClient(path=...)``, ``engine="local"``, the default before) are the others.
 They are chosen by settings only and answer the same calls with the same models.
+
+Hybrid search: collections created with a ``lexical_field`` also hold a sparse BM25
+vector per point (term weights from Qdrant's own BM25 tokenizer and stemmer, the one in
+qdrant-edge, so every backend gets identical vectors; Qdrant applies the IDF). A search
+that gives the query's text fuses, in one Query API call, the dense ranking and the
+BM25 ranking of the passages whose dense similarity passes the threshold (reciprocal
+rank fusion). The scores returned stay dense similarities: the canned-answer threshold
+means what it meant, and hybrid only reorders what passes it, so a name or a number in
+the question lifts the passage that contains it.
 Every call carries a timeout: the client-wide one bounds each gRPC call's deadline
 and each REST request, and the calls that take one pass it on to the server too.
 A server that cannot be reached, or does not answer in time, becomes
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import re
 import uuid
@@ -28,14 +38,22 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ragrail.common.errors import InvalidArgument, NotFound, Unavailable, require
+from ragrail.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable, require
 
 if TYPE_CHECKING:
     from ragrail.common.config import RetrievalSettings
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+LEXICAL_VECTOR = "bm25"  # the sparse vector's name in a collection
+_RRF_K = 60  # reciprocal rank fusion's constant (Qdrant's default)
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_INDEX_FIELDS = 64
+# Payload keys of versioned documents (written by the gateway's ingestion): a point with
+# ``staged: true`` belongs to a version not committed yet and is never returned by search.
+DOCUMENT_KEY = "document_id"
+VERSION_KEY = "version"
+STAGED_KEY = "staged"
 
 
 class Distance(enum.Enum):
@@ -105,6 +123,7 @@ class CollectionInfo:
     # Indexed payload fields -> Qdrant's schema name ("keyword", "integer", ...).
     # Always empty in qdrant-client's local mode, which keeps no payload indexes.
     payload_indexes: dict[str, str] = field(default_factory=dict)
+    lexical: bool = False  # holds BM25 vectors for hybrid search
 
 
 class VectorStore:
@@ -123,6 +142,8 @@ class VectorStore:
         max_batch_size: int = 512,
         engine: Literal["edge", "local"] = "edge",
         lock_wait_s: float = 30.0,
+        lexical_field: str | None = "text",
+        hybrid_candidates: int = 50,
     ) -> None:
         require(bool(url) != bool(path), "configure exactly one of a Qdrant url or an embedded path")
         require(engine in ("edge", "local"), f"engine must be 'edge' or 'local', got {engine!r}")
@@ -136,6 +157,10 @@ class VectorStore:
         self.max_top_k = max_top_k
         self.max_batch_size = max_batch_size
         self._dimensions: dict[str, int] = {}
+        self._lexical: dict[str, bool] = {}
+        self.lexical_field = lexical_field
+        self.hybrid_candidates = max(hybrid_candidates, max_top_k)
+        self._bm25: Any = None
         self._client: Any
         if url:
             self.where = _describe_server(url, prefer_grpc, grpc_port)
@@ -194,15 +219,23 @@ class VectorStore:
                 f"{existing.distance.name.lower()} distance",
             )
             indexed = existing.payload_indexes
+            if self.lexical_field and not existing.lexical:
+                log.warning(
+                    "collection %s was created without lexical vectors: hybrid retrieve stages search it dense "
+                    "only. Delete it and ingest its documents again to add them (docs/retrieval.md)", name,
+                )
         else:
+            sparse = {LEXICAL_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if self.lexical_field else None
             self._call(
                 lambda: self._client.create_collection(
                     name,
                     vectors_config=qm.VectorParams(size=dimension, distance=distance.value),
+                    sparse_vectors_config=sparse,
                     timeout=self._timeout,
                 )
             )
             self._dimensions[name] = dimension  # it may have existed before with another one
+            self._lexical[name] = sparse is not None
             created = True
         if self.engine == "local":
             return created  # it would only warn that indexes have no effect
@@ -243,6 +276,7 @@ class VectorStore:
             distance=Distance(params.distance),
             points_count=int(counted.count),
             payload_indexes=indexes,
+            lexical=LEXICAL_VECTOR in (info.config.params.sparse_vectors or {}),
         )
 
     def delete_collection(self, name: str) -> None:
@@ -252,6 +286,7 @@ class VectorStore:
             lambda: self._client.delete_collection(name, timeout=self._timeout), collection=name
         )
         self._dimensions.pop(name, None)
+        self._lexical.pop(name, None)
         if not existed:
             raise NotFound(f"collection {name} does not exist")
 
@@ -260,6 +295,29 @@ class VectorStore:
         if collection not in self._dimensions:
             self._dimensions[collection] = self.describe(collection).dimension
         return self._dimensions[collection]
+
+    def _is_lexical(self, collection: str) -> bool:
+        """Whether the collection holds BM25 vectors (created so by this release)."""
+        if collection not in self._lexical:
+            self._lexical[collection] = self.describe(collection).lexical
+        return self._lexical[collection]
+
+    def _sparse(self, text: str, query: bool) -> qm.SparseVector:
+        if self._bm25 is None:
+            import qdrant_edge
+
+            self._bm25 = qdrant_edge.Bm25(qdrant_edge.Bm25Config(language="english"))
+        found = self._bm25.embed_query(text) if query else self._bm25.embed_document(text)
+        return qm.SparseVector(indices=list(found.indices), values=list(found.values))
+
+    def _vectors(self, collection: str, point: Point) -> Any:
+        """The dense vector, plus the BM25 one of the lexical field's text where the collection has them."""
+        if not (self.lexical_field and self._is_lexical(collection)):
+            return point.vector
+        text = point.payload.get(self.lexical_field)
+        if not isinstance(text, str) or not text.strip():
+            return {"": point.vector}
+        return {"": point.vector, LEXICAL_VECTOR: self._sparse(text, query=False)}
 
     def upsert(self, collection: str, points: Sequence[Point]) -> int:
         _check_collection_name(collection)
@@ -272,7 +330,7 @@ class VectorStore:
         for i, p in enumerate(points):
             _check_vector(p.vector, dimension, f"points[{i}].vector")
         structs = [
-            qm.PointStruct(id=_check_id(p.id, f"points[{i}].id"), vector=p.vector, payload=p.payload)
+            qm.PointStruct(id=_check_id(p.id, f"points[{i}].id"), vector=self._vectors(collection, p), payload=p.payload)
             for i, p in enumerate(points)
         ]
         self._call(
@@ -290,23 +348,68 @@ class VectorStore:
         score_threshold: float | None = None,
         filter: Filter | None = None,
         payload_fields: Sequence[str] = (),
+        query_text: str | None = None,
     ) -> list[Hit]:
+        """The ``top_k`` nearest points; with ``query_text``, on a collection with BM25
+        vectors, the dense and lexical rankings fused (see the module's docstring)."""
         _check_collection_name(collection)
         _check_vector(vector, self._dimension(collection), "vector")
         require(1 <= top_k <= self.max_top_k, f"top_k must be in 1..{self.max_top_k}, got {top_k}")
+        if query_text and query_text.strip() and self._is_lexical(collection):
+            return self._hybrid(collection, vector, query_text, top_k, score_threshold, filter, payload_fields)
         result = self._call(
             lambda: self._client.query_points(
                 collection,
                 query=list(vector),
                 limit=top_k,
                 score_threshold=score_threshold,
-                query_filter=to_qdrant_filter(filter),
+                query_filter=to_qdrant_filter(visible(filter)),
                 with_payload=list(payload_fields) if payload_fields else True,
                 timeout=self._timeout,
             ),
             collection=collection,
         )
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in result.points]
+
+    def _hybrid(
+        self,
+        collection: str,
+        vector: Sequence[float],
+        query_text: str,
+        top_k: int,
+        score_threshold: float | None,
+        filter: Filter | None,
+        payload_fields: Sequence[str],
+    ) -> list[Hit]:
+        """One Query API call: RRF over the dense ranking and the BM25 ranking of the same
+        candidates, those whose dense similarity passes the threshold."""
+        where = to_qdrant_filter(visible(filter))  # staged versions stay invisible here too
+        limit = self.hybrid_candidates
+
+        def dense() -> qm.Prefetch:
+            return qm.Prefetch(query=list(vector), limit=limit, score_threshold=score_threshold, filter=where)
+
+        lexical = qm.Prefetch(
+            query=self._sparse(query_text, query=True), using=LEXICAL_VECTOR, limit=limit, filter=where,
+            prefetch=[dense()],
+        )
+        result = self._call(
+            lambda: self._client.query_points(
+                collection,
+                prefetch=[dense(), lexical],
+                query=qm.FusionQuery(fusion=qm.Fusion.RRF),
+                limit=top_k,
+                with_payload=list(payload_fields) if payload_fields else True,
+                with_vectors=True,
+                timeout=self._timeout,
+            ),
+            collection=collection,
+        )
+        # Fused scores are ranks; report each passage's dense similarity instead.
+        return [
+            Hit(id=str(p.id), score=_similarity(vector, _dense_of(p.vector)), payload=dict(p.payload or {}))
+            for p in result.points
+        ]
 
     def delete(
         self, collection: str, ids: Sequence[str] = (), filter: Filter | None = None
@@ -333,6 +436,66 @@ class VectorStore:
                 ),
                 collection=collection,
             )
+
+    # -- versioned documents: see "Atomic document versions" in docs/reliability.md
+
+    def commit_document(self, collection: str, document_id: str, version: str, expected_points: int) -> int:
+        """Makes ``version`` of a document the visible one, dropping every other version.
+
+        The version's points were upserted with ``staged: true`` (invisible to ``search``).
+        Checks that all ``expected_points`` of them are there (a concurrent commit of the same
+        document deletes another version's staged points: then FailedPrecondition, and the
+        caller retries), deletes the other versions, then unstages this one. Embedded, the
+        servicer runs every store call on one thread, so no search runs between those steps:
+        a reader sees the old version whole or the new one whole. On a Qdrant server they are
+        separate operations: a reader may briefly see neither, never a mix of both.
+        Returns how many points of other versions were deleted.
+        """
+        _check_collection_name(collection)
+        require(bool(document_id) and bool(version), "document_id and version must not be empty")
+        mine = _version_filter(document_id, version)
+        found = self._count(collection, mine)
+        if found != expected_points:
+            raise FailedPrecondition(
+                f"document {document_id!r} version {version} has {found} of {expected_points} points: "
+                "another ingest of the same document committed meanwhile; retry"
+            )
+        others = qm.Filter(
+            must=[qm.FieldCondition(key=DOCUMENT_KEY, match=qm.MatchValue(value=document_id))],
+            must_not=[qm.FieldCondition(key=VERSION_KEY, match=qm.MatchValue(value=version))],
+        )
+        stale = self._count(collection, others)
+        if stale:
+            self._call(
+                lambda: self._client.delete(
+                    collection, points_selector=qm.FilterSelector(filter=others), wait=True, timeout=self._timeout
+                ),
+                collection=collection,
+            )
+        self._call(
+            lambda: self._client.delete_payload(
+                collection, keys=[STAGED_KEY], points=mine, wait=True, timeout=self._timeout
+            ),
+            collection=collection,
+        )
+        return stale
+
+    def discard_version(self, collection: str, document_id: str, version: str) -> None:
+        """Deletes the points of one version of a document (an ingest that failed half-way)."""
+        _check_collection_name(collection)
+        require(bool(document_id) and bool(version), "document_id and version must not be empty")
+        selector = qm.FilterSelector(filter=_version_filter(document_id, version))
+        self._call(
+            lambda: self._client.delete(collection, points_selector=selector, wait=True, timeout=self._timeout),
+            collection=collection,
+        )
+
+    def _count(self, collection: str, where: qm.Filter) -> int:
+        counted = self._call(
+            lambda: self._client.count(collection, count_filter=where, exact=True, timeout=self._timeout),
+            collection=collection,
+        )
+        return int(counted.count)
 
     def _call(self, fn: Callable[[], T], collection: str | None = None) -> T:
         """Runs a Qdrant call and maps its failures to statuses."""
@@ -370,6 +533,36 @@ class VectorStore:
 
     def _unavailable(self, why: str) -> Unavailable:
         return Unavailable(f"Qdrant is unavailable ({self.where}): {why}")
+
+
+def _dense_of(vectors: Any) -> list[float]:
+    return list(vectors.get("", []) if isinstance(vectors, dict) else vectors or [])
+
+
+def _similarity(query: Sequence[float], stored: Sequence[float]) -> float:
+    """Cosine similarity (Qdrant stores cosine collections' vectors normalised, and so
+    ranks them); our collections are cosine, which CreateCollection's default is."""
+    import numpy as np
+
+    q, v = np.asarray(query, dtype=np.float64), np.asarray(stored, dtype=np.float64)
+    norm = float(np.linalg.norm(q) * np.linalg.norm(v))
+    return float(q @ v) / norm if norm and q.shape == v.shape else 0.0
+
+
+def visible(filter: Filter | None) -> Filter:
+    """``filter`` plus "not staged": a search never returns a version still being written."""
+    hidden = Condition(STAGED_KEY, boolean=True)
+    base = filter or Filter()
+    return Filter(must=base.must, should=base.should, must_not=(*base.must_not, hidden))
+
+
+def _version_filter(document_id: str, version: str) -> qm.Filter:
+    return qm.Filter(
+        must=[
+            qm.FieldCondition(key=DOCUMENT_KEY, match=qm.MatchValue(value=document_id)),
+            qm.FieldCondition(key=VERSION_KEY, match=qm.MatchValue(value=version)),
+        ]
+    )
 
 
 def to_qdrant_filter(filter: Filter | None) -> qm.Filter | None:
@@ -503,6 +696,8 @@ def build_store(settings: "RetrievalSettings", qdrant_path: Path) -> VectorStore
             timeout_s=settings.timeout_s,
             max_top_k=settings.max_top_k,
             max_batch_size=settings.max_batch_size,
+            lexical_field=settings.lexical_field,
+            hybrid_candidates=settings.hybrid_candidates,
         )
     qdrant_path.mkdir(parents=True, exist_ok=True)
     return VectorStore(
@@ -512,4 +707,6 @@ def build_store(settings: "RetrievalSettings", qdrant_path: Path) -> VectorStore
         max_batch_size=settings.max_batch_size,
         engine=settings.embedded_engine,
         lock_wait_s=settings.embedded_lock_wait_s,
+        lexical_field=settings.lexical_field,
+        hybrid_candidates=settings.hybrid_candidates,
     )

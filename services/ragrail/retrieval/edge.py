@@ -76,6 +76,8 @@ FULL_SCAN_THRESHOLD_KB = 10_000
 # is 10 MB, ~6.5k 384-d vectors); kept low so what optimize() indexes is everything new.
 INDEXING_THRESHOLD_KB = 1_000
 INDEX_MIN_POINTS = 10_000
+LEXICAL_VECTOR = "bm25"  # ragrail.retrieval.core's name for the sparse vector
+_RRF_K = 60  # reciprocal rank fusion's constant (Qdrant's default)
 
 _DISTANCES = {
     qm.Distance.COSINE: edge.Distance.Cosine,
@@ -173,6 +175,7 @@ class _Collection:
     dimension: int
     distance: qm.Distance
     optimized_at: int = 0  # points there were at the last optimize()
+    lexical: bool = False  # has the BM25 sparse vector (collections created since hybrid search)
 
 
 @dataclass(frozen=True)
@@ -238,11 +241,14 @@ class EdgeClient:
             info = json.loads(meta.read_text())
             shard_path = folder / "shard"
             distance = qm.Distance(info["distance"])
+            lexical = bool(info.get("lexical", False))
             if (shard_path / "edge_config.json").is_file():
                 shard = edge.EdgeShard.load(str(shard_path))
             else:
-                shard = edge.EdgeShard.create(str(shard_path), _shard_config(info["dimension"], distance))
-            self._collections[folder.name] = _Collection(shard, info["dimension"], distance, shard.info().points_count)
+                shard = edge.EdgeShard.create(str(shard_path), _shard_config(info["dimension"], distance, lexical))
+            self._collections[folder.name] = _Collection(
+                shard, info["dimension"], distance, shard.info().points_count, lexical
+            )
 
     def close(self) -> None:
         for collection in self._collections.values():
@@ -262,17 +268,27 @@ class EdgeClient:
     def collection_exists(self, name: str) -> bool:
         return name in self._collections
 
-    def create_collection(self, name: str, vectors_config: qm.VectorParams, **_: Any) -> bool:
+    def create_collection(
+        self,
+        name: str,
+        vectors_config: qm.VectorParams,
+        sparse_vectors_config: dict[str, qm.SparseVectorParams] | None = None,
+        **_: Any,
+    ) -> bool:
         require(name not in self._collections, f"collection {name} already exists")
+        lexical = bool(sparse_vectors_config)
+        require(
+            not sparse_vectors_config or set(sparse_vectors_config) == {LEXICAL_VECTOR},
+            f"the embedded engine keeps one sparse vector, {LEXICAL_VECTOR!r}",
+        )
         folder = self.root / COLLECTIONS / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        shard = edge.EdgeShard.create(str(folder / "shard"), _shard_config(vectors_config.size, vectors_config.distance))
-        _write_atomically(
-            folder / "collection.json",
-            json.dumps({"dimension": vectors_config.size, "distance": vectors_config.distance.value}),
-        )
-        self._collections[name] = _Collection(shard, vectors_config.size, vectors_config.distance)
+        config = _shard_config(vectors_config.size, vectors_config.distance, lexical)
+        shard = edge.EdgeShard.create(str(folder / "shard"), config)
+        meta = {"dimension": vectors_config.size, "distance": vectors_config.distance.value, "lexical": lexical}
+        _write_atomically(folder / "collection.json", json.dumps(meta))
+        self._collections[name] = _Collection(shard, vectors_config.size, vectors_config.distance, lexical=lexical)
         return True
 
     def get_collection(self, name: str) -> qm.CollectionInfo:
@@ -282,7 +298,10 @@ class EdgeClient:
             key: qm.PayloadIndexInfo(data_type=_SCHEMA_NAMES[index.data_type], points=index.points)
             for key, index in info.payload_schema.items()
         }
-        params = qm.CollectionParams.model_construct(vectors=qm.VectorParams(size=c.dimension, distance=c.distance))
+        sparse = {LEXICAL_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if c.lexical else None
+        params = qm.CollectionParams.model_construct(
+            vectors=qm.VectorParams(size=c.dimension, distance=c.distance), sparse_vectors=sparse
+        )
         return qm.CollectionInfo.model_construct(
             status=qm.CollectionStatus.GREEN,
             points_count=info.points_count,
@@ -292,8 +311,8 @@ class EdgeClient:
             payload_schema=schema,
         )
 
-    def count(self, name: str, **_: Any) -> _Count:
-        return _Count(self._get(name).shard.count(edge.CountRequest()))
+    def count(self, name: str, count_filter: qm.Filter | None = None, **_: Any) -> _Count:
+        return _Count(self._get(name).shard.count(edge.CountRequest(filter=to_edge_filter(count_filter), exact=True)))
 
     def delete_collection(self, name: str, **_: Any) -> bool:
         c = self._collections.pop(name, None)
@@ -315,7 +334,7 @@ class EdgeClient:
         c = self._get(name)
         c.shard.update(
             edge.UpdateOperation.upsert_points(
-                [edge.Point(_point_id(p.id), p.vector, p.payload or {}) for p in points]
+                [edge.Point(_point_id(p.id), _edge_vectors(p.vector), p.payload or {}) for p in points]
             )
         )
         self._maybe_index(name, c)
@@ -329,18 +348,28 @@ class EdgeClient:
             require(converted is not None, "a delete filter must not be empty")
             c.shard.update(edge.UpdateOperation.delete_points_by_filter(converted))
 
+    def delete_payload(self, name: str, keys: Sequence[str], points: qm.Filter, **_: Any) -> None:
+        """Removes payload keys from the points a filter selects (commits a staged version)."""
+        converted = to_edge_filter(points)
+        require(converted is not None, "a payload filter must not be empty")
+        self._get(name).shard.update(edge.UpdateOperation.delete_payload_by_filter(converted, list(keys)))
+
     def query_points(
         self,
         name: str,
         *,
-        query: list[float],
+        query: list[float] | qm.FusionQuery,
         limit: int,
         score_threshold: float | None = None,
         query_filter: qm.Filter | None = None,
         with_payload: bool | list[str] = True,
+        prefetch: list[qm.Prefetch] | None = None,
+        with_vectors: bool = False,
         **_: Any,
     ) -> _Found:
         c = self._get(name)
+        if isinstance(query, qm.FusionQuery):
+            return self._fused(c, query, prefetch or [], limit, with_payload, with_vectors)
         request = edge.SearchRequest(
             query=edge.Query.Nearest(list(query)),
             limit=limit,
@@ -352,6 +381,42 @@ class EdgeClient:
         found = c.shard.search(request)
         return _Found(
             [qm.ScoredPoint.model_construct(id=str(p.id), version=0, score=p.score, payload=p.payload) for p in found]
+        )
+
+    def _fused(
+        self, c: _Collection, query: qm.FusionQuery, prefetch: list[qm.Prefetch], limit: int,
+        with_payload: bool | list[str], with_vectors: bool,
+    ) -> _Found:
+        """The Query API's prefetch + reciprocal rank fusion, from qdrant-client's models."""
+        require(query.fusion == qm.Fusion.RRF, "the embedded engine fuses with RRF only")
+        request = edge.QueryRequest(
+            limit=limit,
+            query=edge.Fusion.Rrf(_RRF_K),
+            prefetches=[self._prefetch(p) for p in prefetch],
+            with_payload=edge.PayloadSelector.Include(list(with_payload)) if isinstance(with_payload, list) else True,
+            with_vector=with_vectors,
+        )
+        found = c.shard.query(request)
+        return _Found([
+            qm.ScoredPoint.model_construct(
+                id=str(p.id), version=0, score=p.score, payload=p.payload,
+                vector=_from_edge_vectors(p.vector) if with_vectors else None,
+            )
+            for p in found
+        ])
+
+    def _prefetch(self, p: qm.Prefetch) -> Any:
+        if isinstance(p.query, qm.SparseVector):
+            query = edge.Query.Nearest(edge.SparseVector(list(p.query.indices), list(p.query.values)), using=p.using)
+        else:
+            query = edge.Query.Nearest(list(p.query), using=p.using)  # type: ignore[arg-type]
+        return edge.Prefetch(
+            limit=p.limit,
+            query=query,
+            prefetches=[self._prefetch(inner) for inner in (p.prefetch or [])] or None,  # type: ignore[union-attr]
+            params=edge.SearchParams(hnsw_ef=self.hnsw_ef),
+            filter=to_edge_filter(p.filter),
+            score_threshold=p.score_threshold,
         )
 
     # -- the HNSW index
@@ -377,14 +442,35 @@ class EdgeClient:
             self.optimize(name)
 
 
-def _shard_config(dimension: int, distance: qm.Distance) -> Any:
+def _shard_config(dimension: int, distance: qm.Distance, lexical: bool = False) -> Any:
+    sparse = {LEXICAL_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)} if lexical else None
     return edge.EdgeConfig(
         vectors=edge.EdgeVectorParams(size=dimension, distance=_DISTANCES[distance]),
+        sparse_vectors=sparse,
         hnsw_config=edge.HnswIndexConfig(
             m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
         ),
         optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
     )
+
+
+def _edge_vectors(vector: Any) -> Any:
+    """qdrant-client's point vector (a list, or named vectors with sparse ones) as Edge takes it."""
+    if not isinstance(vector, dict):
+        return vector
+    return {
+        name: edge.SparseVector(list(v.indices), list(v.values)) if isinstance(v, qm.SparseVector) else v
+        for name, v in vector.items()
+    }
+
+
+def _from_edge_vectors(vector: Any) -> Any:
+    if not isinstance(vector, dict):
+        return vector
+    return {
+        name: qm.SparseVector(indices=list(v.indices), values=list(v.values)) if hasattr(v, "indices") else v
+        for name, v in vector.items()
+    }
 
 
 def _point_id(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ _DISTANCES_PB = {Distance.COSINE: pb.DISTANCE_COSINE, Distance.DOT: pb.DISTANCE_
 MAX_FILTER_CONDITIONS = 64  # per clause (must, should, must_not)
 MAX_MATCH_ANY_VALUES = 1024
 MAX_PAYLOAD_FIELDS = 64
+MAX_QUERY_TEXT_CHARS = 4096
 
 
 def condition_from_pb(c: pb.Condition) -> Condition:
@@ -148,6 +148,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             distance=_DISTANCES_PB[info.distance],
             points_count=info.points_count,
             payload_indexes=info.payload_indexes,
+            lexical=info.lexical,
         )
 
     @grpc_method(pb.DeleteCollectionResponse)
@@ -171,6 +172,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             f"at most {MAX_PAYLOAD_FIELDS} payload_fields, got {len(request.payload_fields)}",
         )
         threshold = request.score_threshold if request.HasField("score_threshold") else None
+        require(
+            len(request.query_text) <= MAX_QUERY_TEXT_CHARS,
+            f"query_text has {len(request.query_text)} characters; the limit is {MAX_QUERY_TEXT_CHARS}",
+        )
         hits = await self._run(
             lambda: self._store.search(
                 request.collection,
@@ -179,6 +184,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 score_threshold=threshold,
                 filter=query_filter,
                 payload_fields=list(request.payload_fields),
+                query_text=request.query_text or None,
             )
         )
         return pb.SearchResponse(
@@ -192,3 +198,21 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         require(len(request.ids) <= limit, f"at most {limit} ids per call, got {len(request.ids)}")
         await self._run(lambda: self._store.delete(request.collection, list(request.ids), query_filter))
         return pb.DeleteResponse()
+
+    @grpc_method(pb.CommitDocumentResponse)
+    async def CommitDocument(
+        self, request: pb.CommitDocumentRequest, grpc_context: Any = None
+    ) -> pb.CommitDocumentResponse:
+        replaced = await self._run(
+            lambda: self._store.commit_document(
+                request.collection, request.document_id, request.version, request.expected_points
+            )
+        )
+        return pb.CommitDocumentResponse(replaced_points=replaced)
+
+    @grpc_method(pb.DiscardDocumentVersionResponse)
+    async def DiscardDocumentVersion(
+        self, request: pb.DiscardDocumentVersionRequest, grpc_context: Any = None
+    ) -> pb.DiscardDocumentVersionResponse:
+        await self._run(lambda: self._store.discard_version(request.collection, request.document_id, request.version))
+        return pb.DiscardDocumentVersionResponse()

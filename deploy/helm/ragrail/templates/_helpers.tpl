@@ -211,7 +211,7 @@ app.kubernetes.io/component: ray
   "route_prefix" (printf "/%s" $svc.name)
   "import_path" $svc.import_path
   "runtime_env" (dict "env_vars" $env)
-  "args" $cfg
+  "args" (include "ragrail.appConfig" (list $cfg $svc.name) | fromJson)
   "deployments" (list $deployment)
 ) -}}
 {{- end -}}
@@ -227,6 +227,19 @@ app.kubernetes.io/component: ray
   "logging_config" $serve.logging_config
   "applications" $apps
 ) -}}
+{{- end -}}
+
+{{/* One application's args: its own section plus the shared keys (ragrail.common.serving.
+     app_config), so another service's or the gateway's options never change this app. */}}
+{{- define "ragrail.appConfig" -}}
+{{- $cfg := index . 0 -}}
+{{- $args := dict -}}
+{{- range $key := list "data_dir" "models_dir" (index . 1) -}}
+{{- if hasKey $cfg $key -}}
+{{- $_ := set $args $key (index $cfg $key) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $args -}}
 {{- end -}}
 
 {{- define "ragrail.gatewayPort" -}}
@@ -250,19 +263,28 @@ app.kubernetes.io/component: ray
 {{- end -}}
 
 {{/* Pod pieces shared by the Ray head and workers ---------------------------------------- */}}
+{{/* No checksum of the config here on purpose: KubeRay treats any change to a pod template
+     as a new RayCluster (a zero-downtime upgrade that runs two of every worker, GPUs
+     included). The config reaches the replicas through serveConfigV2 only, which Serve
+     applies in place, application by application. */}}
 {{- define "ragrail.rayPodMeta" -}}
 labels:
   {{- include "ragrail.raySelectorLabels" .root | nindent 2 }}
+{{- with .annotations }}
 annotations:
-  checksum/config: {{ include "ragrail.config" .root | sha256sum }}
-  {{- with .annotations }}
   {{- toYaml . | nindent 2 }}
-  {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "ragrail.rayEnv" -}}
 - name: HF_HOME
   value: {{ printf "%s/huggingface" .Values.models.mountPath | quote }}
+# The container's CPU limit in whole CPUs (rounded up): the default of cpu_threads.
+- name: RAGRAIL_CPU_LIMIT
+  valueFrom:
+    resourceFieldRef:
+      resource: limits.cpu
+      divisor: "1"
 {{- range $k, $v := (include "ragrail.serveEnvJson" . | fromJson) }}
 - name: {{ $k }}
   value: {{ $v | quote }}
@@ -356,5 +378,23 @@ tolerations:
 {{- with .affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The pipeline spec files, as ConfigMap data: the packaged specs (files/pipelines) with
+     `pipelines` over them. Used by the specs ConfigMap and the pre-upgrade check. */}}
+{{- define "ragrail.pipelineSpecs" -}}
+{{- $specs := dict -}}
+{{- range $path, $_ := .Files.Glob "files/pipelines/*.yaml" }}
+{{- /* ConfigMap keys cannot hold "@": rag@1.yaml is mounted as rag_1.yaml (the gateway
+       reads name and version from the file, not from its name). */ -}}
+{{- $_ := set $specs (base $path | replace "@" "_") ($.Files.Get $path) -}}
+{{- end }}
+{{- range $name, $text := .Values.pipelines }}
+{{- $_ := set $specs $name $text -}}
+{{- end }}
+{{- range $name, $text := $specs }}
+{{ $name | quote }}: |
+  {{- $text | trimSuffix "\n" | nindent 2 }}
 {{- end }}
 {{- end -}}

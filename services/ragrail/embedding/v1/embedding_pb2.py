@@ -24,19 +24,26 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ragrail/embedding/v1/embedding.proto\x12\x14ragrail.embedding.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"}\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragrail.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\t2d\n\x10\x45mbeddingService\x12P\n\x05\x45mbed\x12\".ragrail.embedding.v1.EmbedRequest\x1a#.ragrail.embedding.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ragrail/embedding/v1/embedding.proto\x12\x14ragrail.embedding.v1\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"}\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.ragrail.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"H\n\x0c\x43hunkRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x16\n\x0eoverlap_tokens\x18\x03 \x01(\r\"N\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07heading\x18\x02 \x01(\t\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\x12\r\n\x05start\x18\x04 \x01(\r\"_\n\rChunkResponse\x12/\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1f.ragrail.embedding.v1.TextChunk\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06window\x18\x03 \x01(\r2\xb6\x01\n\x10\x45mbeddingService\x12P\n\x05\x45mbed\x12\".ragrail.embedding.v1.EmbedRequest\x1a#.ragrail.embedding.v1.EmbedResponse\x12P\n\x05\x43hunk\x12\".ragrail.embedding.v1.ChunkRequest\x1a#.ragrail.embedding.v1.ChunkResponseB\xaa\x01\n\x18\x63om.ragrail.embedding.v1B\x0e\x45mbeddingProtoP\x01Z/ragrail/gen/go/ragrail/embedding/v1;embeddingv1\xa2\x02\x03REX\xaa\x02\x14Ragrail.Embedding.V1\xca\x02\x14Ragrail\\Embedding\\V1\xea\x02\x16Ragrail::Embedding::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragrail.embedding.v1.embedding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\030com.ragrail.embedding.v1B\016EmbeddingProtoP\001Z/ragrail/gen/go/ragrail/embedding/v1;embeddingv1\242\002\003REX\252\002\024Ragrail.Embedding.V1\312\002\024Ragrail\\Embedding\\V1\352\002\026Ragrail::Embedding::V1'
   _globals['_EMBEDREQUEST']._serialized_start=62
   _globals['_EMBEDREQUEST']._serialized_end=91
   _globals['_EMBEDDING']._serialized_start=93
   _globals['_EMBEDDING']._serialized_end=160
   _globals['_EMBEDRESPONSE']._serialized_start=162
   _globals['_EMBEDRESPONSE']._serialized_end=287
-  _globals['_EMBEDDINGSERVICE']._serialized_start=289
-  _globals['_EMBEDDINGSERVICE']._serialized_end=389
+  _globals['_CHUNKREQUEST']._serialized_start=289
+  _globals['_CHUNKREQUEST']._serialized_end=361
+  _globals['_TEXTCHUNK']._serialized_start=363
+  _globals['_TEXTCHUNK']._serialized_end=441
+  _globals['_CHUNKRESPONSE']._serialized_start=443
+  _globals['_CHUNKRESPONSE']._serialized_end=538
+  _globals['_EMBEDDINGSERVICE']._serialized_start=541
+  _globals['_EMBEDDINGSERVICE']._serialized_end=723
 # @@protoc_insertion_point(module_scope)

@@ -33,3 +33,35 @@ class EmbedResponse(_message.Message):
     dimension: int
     model_version: str
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ChunkRequest(_message.Message):
+    __slots__ = ("text", "max_tokens", "overlap_tokens")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    max_tokens: int
+    overlap_tokens: int
+    def __init__(self, text: _Optional[str] = ..., max_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
+
+class TextChunk(_message.Message):
+    __slots__ = ("text", "heading", "token_count", "start")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    HEADING_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    heading: str
+    token_count: int
+    start: int
+    def __init__(self, text: _Optional[str] = ..., heading: _Optional[str] = ..., token_count: _Optional[int] = ..., start: _Optional[int] = ...) -> None: ...
+
+class ChunkResponse(_message.Message):
+    __slots__ = ("chunks", "model", "window")
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[TextChunk]
+    model: str
+    window: int
+    def __init__(self, chunks: _Optional[_Iterable[_Union[TextChunk, _Mapping]]] = ..., model: _Optional[str] = ..., window: _Optional[int] = ...) -> None: ...

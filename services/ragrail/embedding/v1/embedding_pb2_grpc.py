@@ -40,6 +40,11 @@ class EmbeddingServiceStub:
                 request_serializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Chunk = channel.unary_unary(
+                '/ragrail.embedding.v1.EmbeddingService/Chunk',
+                request_serializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkRequest.SerializeToString,
+                response_deserializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -53,6 +58,14 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Chunk(self, request, context):
+        """Splits a document into chunks sized in this model's tokens, along its structure
+        (sections, paragraphs, list items, sentences), each fitting the model's window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedRequest.FromString,
                     response_serializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Chunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chunk,
+                    request_deserializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkRequest.FromString,
+                    response_serializer=ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class EmbeddingService:
             '/ragrail.embedding.v1.EmbeddingService/Embed',
             ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
             ragrail_dot_embedding_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.embedding.v1.EmbeddingService/Chunk',
+            ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkRequest.SerializeToString,
+            ragrail_dot_embedding_dot_v1_dot_embedding__pb2.ChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,6 +17,20 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_BACKEND_UNAVAILABLE: _ClassVar[FallbackReason]
     FALLBACK_REASON_OVERLOAD: _ClassVar[FallbackReason]
     FALLBACK_REASON_INVALID_OUTPUT: _ClassVar[FallbackReason]
+    FALLBACK_REASON_UNGROUNDED: _ClassVar[FallbackReason]
+
+class AnswerMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANSWER_MODE_UNSPECIFIED: _ClassVar[AnswerMode]
+    ANSWER_MODE_GENERATED: _ClassVar[AnswerMode]
+    ANSWER_MODE_EXTRACTIVE: _ClassVar[AnswerMode]
+    ANSWER_MODE_CANNED: _ClassVar[AnswerMode]
+
+class DocumentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DOCUMENT_STATUS_UNSPECIFIED: _ClassVar[DocumentStatus]
+    DOCUMENT_STATUS_COMMITTED: _ClassVar[DocumentStatus]
+    DOCUMENT_STATUS_FAILED: _ClassVar[DocumentStatus]
 FALLBACK_REASON_UNSPECIFIED: FallbackReason
 FALLBACK_REASON_INPUT_FLAGGED: FallbackReason
 FALLBACK_REASON_OUTPUT_FLAGGED: FallbackReason
@@ -25,6 +39,14 @@ FALLBACK_REASON_STAGE_TIMEOUT: FallbackReason
 FALLBACK_REASON_BACKEND_UNAVAILABLE: FallbackReason
 FALLBACK_REASON_OVERLOAD: FallbackReason
 FALLBACK_REASON_INVALID_OUTPUT: FallbackReason
+FALLBACK_REASON_UNGROUNDED: FallbackReason
+ANSWER_MODE_UNSPECIFIED: AnswerMode
+ANSWER_MODE_GENERATED: AnswerMode
+ANSWER_MODE_EXTRACTIVE: AnswerMode
+ANSWER_MODE_CANNED: AnswerMode
+DOCUMENT_STATUS_UNSPECIFIED: DocumentStatus
+DOCUMENT_STATUS_COMMITTED: DocumentStatus
+DOCUMENT_STATUS_FAILED: DocumentStatus
 
 class RunRequest(_message.Message):
     __slots__ = ("pipeline", "query", "session_id")
@@ -57,7 +79,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RunResponse(_message.Message):
-    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings", "outputs", "replace_streamed", "failed_stage", "cached", "usage")
+    __slots__ = ("answer", "citations", "pipeline", "pipeline_version", "fallback", "fallback_reason", "request_id", "timings", "outputs", "replace_streamed", "failed_stage", "cached", "usage", "answer_mode")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +100,7 @@ class RunResponse(_message.Message):
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_MODE_FIELD_NUMBER: _ClassVar[int]
     answer: str
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     pipeline: str
@@ -91,7 +114,8 @@ class RunResponse(_message.Message):
     failed_stage: str
     cached: bool
     usage: TokenUsage
-    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, str]] = ..., replace_streamed: _Optional[bool] = ..., failed_stage: _Optional[str] = ..., cached: _Optional[bool] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ...) -> None: ...
+    answer_mode: AnswerMode
+    def __init__(self, answer: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pipeline: _Optional[str] = ..., pipeline_version: _Optional[int] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., request_id: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., outputs: _Optional[_Mapping[str, str]] = ..., replace_streamed: _Optional[bool] = ..., failed_stage: _Optional[str] = ..., cached: _Optional[bool] = ..., usage: _Optional[_Union[TokenUsage, _Mapping]] = ..., answer_mode: _Optional[_Union[AnswerMode, str]] = ...) -> None: ...
 
 class TokenUsage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -160,14 +184,20 @@ class IngestRequest(_message.Message):
     def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
 
 class DocumentResult(_message.Message):
-    __slots__ = ("document_id", "chunks_stored", "chunks_dropped")
+    __slots__ = ("document_id", "chunks_stored", "chunks_dropped", "status", "error", "error_code")
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_STORED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     chunks_stored: int
     chunks_dropped: int
-    def __init__(self, document_id: _Optional[str] = ..., chunks_stored: _Optional[int] = ..., chunks_dropped: _Optional[int] = ...) -> None: ...
+    status: DocumentStatus
+    error: str
+    error_code: str
+    def __init__(self, document_id: _Optional[str] = ..., chunks_stored: _Optional[int] = ..., chunks_dropped: _Optional[int] = ..., status: _Optional[_Union[DocumentStatus, str]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
     __slots__ = ("documents",)

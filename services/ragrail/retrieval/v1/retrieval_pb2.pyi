@@ -48,7 +48,7 @@ class DescribeCollectionRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class DescribeCollectionResponse(_message.Message):
-    __slots__ = ("dimension", "distance", "points_count", "payload_indexes")
+    __slots__ = ("dimension", "distance", "points_count", "payload_indexes", "lexical")
     class PayloadIndexesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,11 +60,13 @@ class DescribeCollectionResponse(_message.Message):
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_FIELD_NUMBER: _ClassVar[int]
     dimension: int
     distance: Distance
     points_count: int
     payload_indexes: _containers.ScalarMap[str, str]
-    def __init__(self, dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., points_count: _Optional[int] = ..., payload_indexes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    lexical: bool
+    def __init__(self, dimension: _Optional[int] = ..., distance: _Optional[_Union[Distance, str]] = ..., points_count: _Optional[int] = ..., payload_indexes: _Optional[_Mapping[str, str]] = ..., lexical: _Optional[bool] = ...) -> None: ...
 
 class DeleteCollectionRequest(_message.Message):
     __slots__ = ("collection",)
@@ -145,20 +147,22 @@ class Filter(_message.Message):
     def __init__(self, must: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., should: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., must_not: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "top_k", "score_threshold", "filter", "payload_fields")
+    __slots__ = ("collection", "vector", "top_k", "score_threshold", "filter", "payload_fields", "query_text")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     top_k: int
     score_threshold: float
     filter: Filter
     payload_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., payload_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    query_text: str
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., payload_fields: _Optional[_Iterable[str]] = ..., query_text: _Optional[str] = ...) -> None: ...
 
 class ScoredPoint(_message.Message):
     __slots__ = ("id", "score", "payload")
@@ -187,5 +191,37 @@ class DeleteRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CommitDocumentRequest(_message.Message):
+    __slots__ = ("collection", "document_id", "version", "expected_points")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    document_id: str
+    version: str
+    expected_points: int
+    def __init__(self, collection: _Optional[str] = ..., document_id: _Optional[str] = ..., version: _Optional[str] = ..., expected_points: _Optional[int] = ...) -> None: ...
+
+class CommitDocumentResponse(_message.Message):
+    __slots__ = ("replaced_points",)
+    REPLACED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    replaced_points: int
+    def __init__(self, replaced_points: _Optional[int] = ...) -> None: ...
+
+class DiscardDocumentVersionRequest(_message.Message):
+    __slots__ = ("collection", "document_id", "version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    document_id: str
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., document_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class DiscardDocumentVersionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -65,6 +65,16 @@ class RetrievalServiceStub:
                 request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.CommitDocument = channel.unary_unary(
+                '/ragrail.retrieval.v1.RetrievalService/CommitDocument',
+                request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentRequest.SerializeToString,
+                response_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentResponse.FromString,
+                _registered_method=True)
+        self.DiscardDocumentVersion = channel.unary_unary(
+                '/ragrail.retrieval.v1.RetrievalService/DiscardDocumentVersion',
+                request_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionRequest.SerializeToString,
+                response_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -113,6 +123,20 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitDocument(self, request, context):
+        """Makes a staged version of a document the visible one and drops its other versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardDocumentVersion(self, request, context):
+        """Deletes the points of one version of a document (an ingest that failed half-way).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +169,16 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteRequest.FromString,
                     response_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteResponse.SerializeToString,
+            ),
+            'CommitDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitDocument,
+                    request_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentRequest.FromString,
+                    response_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentResponse.SerializeToString,
+            ),
+            'DiscardDocumentVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardDocumentVersion,
+                    request_deserializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionRequest.FromString,
+                    response_serializer=ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +344,60 @@ class RetrievalService:
             '/ragrail.retrieval.v1.RetrievalService/Delete',
             ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteRequest.SerializeToString,
             ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.retrieval.v1.RetrievalService/CommitDocument',
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentRequest.SerializeToString,
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.CommitDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardDocumentVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragrail.retrieval.v1.RetrievalService/DiscardDocumentVersion',
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionRequest.SerializeToString,
+            ragrail_dot_retrieval_dot_v1_dot_retrieval__pb2.DiscardDocumentVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Generated gateway stubs (scripts/gen_client_protos.py); do not edit."""

@@ -1,0 +1,108 @@
+"""The ground stage's logic (ragrail.gateway.grounding): what holds an answer back, and the
+extractive answer that replaces it."""
+
+from __future__ import annotations
+
+from ragrail.gateway.grounding import (
+    SentenceGate,
+    best_sentences,
+    check_answer,
+    mismatched_units,
+    quote,
+    sentences,
+)
+
+REFUNDS = (
+    "Full refunds are available up to 7 days before departure. After that a 10 EUR fee applies. "
+    "Refund requests are answered within 10 minutes."
+)
+HISTORY = "Northwind Rail was founded by Margit Halvorsen on 3 March 1994. The first train left Ostervik at 06:15."
+SYSTEM = "You are a helpful assistant. Answer the question using only the context."
+
+
+def test_a_grounded_answer_passes() -> None:
+    assert check_answer("You can get a full refund up to 7 days before departure.", [REFUNDS]) == []
+    assert check_answer("Margit Halvorsen founded it in 1994.", [HISTORY]) == []
+
+
+def test_a_number_the_passages_never_give_is_held_back() -> None:
+    problems = check_answer("You get 100% back for 12 days.", [REFUNDS])
+    assert any("12" in p for p in problems) and any("100" in p for p in problems)
+
+
+def test_a_passage_number_with_another_unit_is_held_back() -> None:
+    # 10 is in the passage (10 minutes, 10 EUR), but never as days: the issue's "10 days".
+    assert mismatched_units("Refunds are possible for 10 days.", [REFUNDS]) == ["10 day"]
+    assert check_answer("Refunds are possible for 10 days.", [REFUNDS]) == [
+        "number with another unit than the passages': 10 day"
+    ]
+    assert mismatched_units("A 7-day window applies.", [REFUNDS]) == []  # same figure, same unit
+    assert check_answer("Refunds are possible for 10 days.", [REFUNDS], checks=("numbers",)) == []
+
+
+def test_dates_and_times_are_checked() -> None:
+    assert check_answer("It was founded on 3 March 1994.", [HISTORY]) == []
+    assert check_answer("It was founded on 3 May 1994.", [HISTORY]) == ["name not in the passages: May"]
+    assert check_answer("It was founded in 1995.", [HISTORY]) == ["number not in the passages: 1995"]
+    assert check_answer("The first train left at 06:15.", [HISTORY]) == []
+    assert check_answer("The first train left at 07:15.", [HISTORY]) == ["time not in the passages: 07:15"]
+
+
+def test_a_name_the_passages_never_give_is_held_back() -> None:
+    assert check_answer("It was founded by Ingrid Solberg.", [HISTORY]) == [
+        "name not in the passages: Ingrid Solberg"
+    ]
+
+
+def test_echoing_the_wrapper_tags_or_system_prompt_is_held_back() -> None:
+    leak = "The question is between <question-70ddd36b> and </question-70ddd36b>."
+    problems = check_answer(leak, [REFUNDS], [SYSTEM])
+    assert "echoes the prompt: <question-70ddd36b>" in problems
+    assert "echoes the prompt: the question is between" in problems
+    problems = check_answer("Answer the question using only the context. It is 7 days.", [REFUNDS], [SYSTEM])
+    assert problems == ["echoes the prompt: Answer the question using only the context."]
+    assert check_answer(leak, [REFUNDS], [SYSTEM], checks=("names",)) == []  # checks are chosen
+
+
+def test_a_repeated_sentence_is_held_back() -> None:
+    looped = "Refunds are available for 7 days. Refunds are available for 7 days."
+    assert check_answer(looped, [REFUNDS]) == ["repeats: Refunds are available for 7 days."]
+
+
+def test_the_best_matching_sentences_are_quoted_in_passage_order() -> None:
+    quotes = best_sentences("How many days before departure can I get a full refund?", [HISTORY, REFUNDS], 0.5, 2)
+    assert [q.text for q in quotes] == ["Full refunds are available up to 7 days before departure."]
+    assert quotes[0].passage == 1 and quotes[0].score == 1.0  # day, departure, full, refund
+    assert quote(quotes) == "\u201cFull refunds are available up to 7 days before departure.\u201d"
+    # The quote passes the check it replaces: quoting adds no number (no "[1]" markers).
+    assert check_answer(quote(quotes), [REFUNDS]) == []
+
+
+def test_nothing_is_quoted_when_no_sentence_matches_well_enough() -> None:
+    assert best_sentences("What is the boiling point of tungsten?", [HISTORY, REFUNDS], 0.5, 2) == []
+    assert best_sentences("the of and", [REFUNDS], 0.1, 2) == []  # no content words at all
+
+
+def test_at_most_max_sentences_are_quoted() -> None:
+    quotes = best_sentences("refund requests fee", [REFUNDS], 0.3, 1)
+    assert [q.text for q in quotes] == ["Refund requests are answered within 10 minutes."]
+
+
+def test_sentences_split_at_ends_and_line_breaks_not_in_numbers() -> None:
+    assert sentences("It costs 9.2 million. Really?\nYes") == ["It costs 9.2 million.", "Really?", "Yes"]
+
+
+def test_the_gate_releases_complete_sentences_verbatim() -> None:
+    gate = SentenceGate()
+    assert gate.feed("Refunds are ") == []
+    assert gate.feed("possible. Up to") == ["Refunds are possible. "]
+    assert gate.feed(" 7.5 days") == []  # "7.5" is no sentence end
+    assert gate.feed("!\n") == []  # the whitespace after it may continue
+    assert gate.feed("Then") == ["Up to 7.5 days!\n"]
+    assert gate.rest() == "Then" and gate.rest() == ""
+
+
+def test_an_answer_that_says_nothing_is_held_back() -> None:
+    # What is left when generation stops at an echoed tag (the cited layout's stop sequences).
+    assert check_answer("The answer is:", [REFUNDS]) == ["says nothing"]
+    assert check_answer("The answer is: 7.", [REFUNDS]) == []
