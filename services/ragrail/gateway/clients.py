@@ -36,13 +36,12 @@ from ragrail.gateway.backends import (
 )
 from ragrail.generation.v1 import generation_pb2, generation_pb2_grpc
 from ragrail.moderation.v1 import moderation_pb2, moderation_pb2_grpc
-from ragrail.retrieval.servicer import dict_to_struct, struct_to_dict
+from ragrail.retrieval.servicer import MAX_QUERY_TEXT_CHARS, dict_to_struct, struct_to_dict
 from ragrail.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 # Set per request by the gateway servicer; forwarded so Serve's logs carry it.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-_MAX_QUERY_TEXT_CHARS = 4096  # what the retrieval service accepts for hybrid search
 _CATEGORIES = {
     "toxicity": moderation_pb2.CATEGORY_TOXICITY,
     "prompt_injection": moderation_pb2.CATEGORY_PROMPT_INJECTION,
@@ -185,7 +184,7 @@ class RetrievalClient(_Client):
             top_k=top_k,
             score_threshold=threshold,
             payload_fields=["document_id", "text", "chunk_index"],
-            query_text=(query_text or "")[:_MAX_QUERY_TEXT_CHARS],
+            query_text=(query_text or "")[:MAX_QUERY_TEXT_CHARS],
         )
         if filters:
             request.filter.CopyFrom(retrieval_pb2.Filter(must=[_condition(k, v) for k, v in filters.items()]))

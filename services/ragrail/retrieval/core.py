@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEXICAL_VECTOR = "bm25"  # the sparse vector's name in a collection
-_RRF_K = 60  # reciprocal rank fusion's constant (Qdrant's default)
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_INDEX_FIELDS = 64
 # Payload keys of versioned documents (written by the gateway's ingestion): a point with

@@ -53,6 +53,7 @@ import qdrant_edge as edge
 from qdrant_client import models as qm
 
 from ragrail.common.errors import FailedPrecondition, InvalidArgument, require
+from ragrail.retrieval.core import LEXICAL_VECTOR
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ FULL_SCAN_THRESHOLD_KB = 10_000
 # is 10 MB, ~6.5k 384-d vectors); kept low so what optimize() indexes is everything new.
 INDEXING_THRESHOLD_KB = 1_000
 INDEX_MIN_POINTS = 10_000
-LEXICAL_VECTOR = "bm25"  # ragrail.retrieval.core's name for the sparse vector
 _RRF_K = 60  # reciprocal rank fusion's constant (Qdrant's default)
 
 _DISTANCES = {
