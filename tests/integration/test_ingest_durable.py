@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from ragrail.gateway.chunking import chunk_text
+from ragrail.common.config import GatewaySettings
+from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from ragrail.gateway.v1 import gateway_pb2 as pb
 from ragrail.gateway.v1 import gateway_pb2_grpc
 from ragrail.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -80,6 +81,14 @@ def visible(serve: grpc.Channel, doc_id: str) -> list[dict]:
     return [struct_to_dict(p.payload) for p in response.points]
 
 
+def chunks_of(serve: grpc.Channel, text: str) -> list[str]:
+    """The chunks the gateway stores for ``text``: the embedding service splits it (chunking: tokens)."""
+    g = GatewaySettings()
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(serve)
+    request = embedding_pb2.ChunkRequest(text=text, max_tokens=g.chunk_tokens, overlap_tokens=g.chunk_overlap_tokens)
+    return [c.text for c in stub.Chunk(request, metadata=(("application", "embedding"),), timeout=30).chunks]
+
+
 def points(serve: grpc.Channel) -> int:
     stub = retrieval_pb2_grpc.RetrievalServiceStub(serve)
     request = retrieval_pb2.DescribeCollectionRequest(collection="documents")
@@ -123,7 +132,7 @@ def test_ingest_survives_a_killed_retrieval_replica(
     stub = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
     tag = uuid.uuid4().hex[:8]
     docs = {f"durable-{tag}-{n}.md": document_text(n, tag) for n in range(N)}
-    expected = {doc_id: chunk_text(text, 800, 120) for doc_id, text in docs.items()}
+    expected = {doc_id: chunks_of(serve_channel, text) for doc_id, text in docs.items()}
     assert all(len(c) >= 3 for c in expected.values())
     before = points(serve_channel)
     told: dict[str, str] = {}

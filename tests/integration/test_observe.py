@@ -53,7 +53,7 @@ def dashboard_queries() -> dict[tuple[str, str], str]:
     queries = {}
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            expr = target["expr"].replace("$__rate_interval", RATE).replace('"$pipeline"', '".*"')
+            expr = target["expr"].replace("$__rate_interval", RATE).replace('"$pipeline"', '".*"').replace('"$namespace"', '".*"')
             queries[(panel["title"], target["refId"])] = expr
     return queries
 

@@ -103,7 +103,7 @@ def test_list_pipelines_shows_every_version_and_the_canary_default(gateway_chann
 
 def test_status_reports_routes_circuits_and_services(gateway_channel: grpc.Channel) -> None:
     status = stub(gateway_channel).Status(pb.StatusRequest(), timeout=10)
-    assert {r.name: dict(r.weights) for r in status.routes} == {"rag": {1: 90, 2: 10}}
+    assert {r.name: dict(r.weights) for r in status.routes} == {"rag": {1: 80, 2: 10, 3: 10}}
     circuits = {c.service: c.state for c in status.circuits}
     assert circuits["embedding"] == "closed"
     assert {s.name: s.status for s in status.services} == {
