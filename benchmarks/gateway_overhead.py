@@ -17,8 +17,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -57,13 +58,28 @@ class Stubs:
     async def count(self, collection: str, timeout: float) -> int:
         return 1
 
-    async def search(self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float) -> list[Passage]:
-        return [Passage("doc.md", "Stub passage.", 0.9)]
+    async def chunk(self, text: str, max_tokens: int, overlap_tokens: int, timeout: float) -> list[str]:
+        return [text]
+
+    async def search(
+        self, collection: str, vector: Sequence[float], top_k: int, threshold: float, timeout: float,
+        filters: Mapping[str, Any] | None = None, query_text: str | None = None,
+    ) -> list[Passage]:
+        # The answer's words are in the passage, so a ground stage (rag@3) releases it.
+        return [Passage("doc.md", "Stub passage. Stub answer.", 0.9)]
 
     async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int:
         return len(chunks)
 
     async def delete_stale_chunks(self, collection: str, document_id: str, keep_below: int, timeout: float) -> None:
+        return None
+
+    async def commit_document(
+        self, collection: str, document_id: str, version: str, expected_points: int, timeout: float
+    ) -> int:
+        return 0
+
+    async def discard_document_version(self, collection: str, document_id: str, version: str, timeout: float) -> None:
         return None
 
     async def generate(self, messages: Sequence[ChatTurn], params: GenerationParams, timeout: float) -> Generated:

@@ -150,6 +150,24 @@ def stub_gateway() -> str:
             proc.wait()
 
 
+def test_every_shipped_pipeline_version_answers_over_the_stubs(stub_gateway: str) -> None:
+    """The locust run below reaches versions by a sticky traffic split, so a version the stubs
+    cannot serve would fail it only for some session ids: every version is called here instead."""
+    import grpc
+
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+    from ragrail.gateway.v1 import gateway_pb2_grpc
+
+    with grpc.insecure_channel(stub_gateway) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        listed = stub.ListPipelines(pb.ListPipelinesRequest(), timeout=10).pipelines
+        refs = sorted({f"{p.name}@{p.version}" for p in listed})
+        assert {"rag@1", "rag@2", "rag@3"} <= set(refs)
+        for ref in refs:
+            response = stub.Run(pb.RunRequest(pipeline=ref, query="How do refunds work?"), timeout=10)
+            assert response.answer, ref
+
+
 def test_headless_run_reports_answers_cache_hits_and_fallbacks(stub_gateway: str, tmp_path: Path) -> None:
     gates = tmp_path / "slo.yaml"
     gates.write_text("min_requests: 1\noverall: {max_error_ratio: 0}\n"

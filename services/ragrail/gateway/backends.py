@@ -97,8 +97,10 @@ class RetrievalBackend(Protocol):
         threshold: float,
         timeout: float,
         filters: Mapping[str, Any] | None = None,
+        query_text: str | None = None,
     ) -> list[Passage]:
-        """``filters``: payload key -> exact keyword, integer or boolean, or a list of keywords."""
+        """``filters``: payload key -> exact keyword, integer or boolean, or a list of keywords;
+        ``query_text`` ranks hybrid (dense + BM25) where the collection has a lexical index."""
         ...
 
     async def upsert(self, collection: str, chunks: Sequence[StoredChunk], timeout: float) -> int: ...
