@@ -76,12 +76,25 @@ TEST_SPECS = {
 }
 
 
+# The tier checks what answers say, not how fast a shared 2-core machine produces them: the packaged
+# specs' generate stages get most of the 60 s budget instead of 30 s (the `slow` spec owns timeouts).
+CI_GENERATE_TIMEOUT_S = 50
+
+
+def patient_generation(text: str) -> str:
+    spec = yaml.safe_load(text)
+    for stage in spec.get("stages") or []:
+        if stage.get("type") == "generate" and "timeout_s" not in stage:
+            stage["timeout_s"] = CI_GENERATE_TIMEOUT_S
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
 def write_pipelines(tmp: Path) -> Path:
     folder = tmp / "pipelines"
     folder.mkdir()
     for spec in resources.files("ragrail").joinpath("pipelines").iterdir():
         if spec.name.endswith(".yaml"):
-            (folder / spec.name).write_text(spec.read_text())
+            (folder / spec.name).write_text(patient_generation(spec.read_text()))
     for name, spec in TEST_SPECS.items():
         (folder / name).write_text(yaml.safe_dump(spec))
     return folder
