@@ -8,6 +8,7 @@ from ragrail.gateway.grounding import (
     best_sentences,
     check_answer,
     mismatched_units,
+    question_parts,
     quote,
     sentences,
 )
@@ -72,7 +73,8 @@ def test_a_repeated_sentence_is_held_back() -> None:
 def test_the_best_matching_sentences_are_quoted_in_passage_order() -> None:
     quotes = best_sentences("How many days before departure can I get a full refund?", [HISTORY, REFUNDS], 0.5, 2)
     assert [q.text for q in quotes] == ["Full refunds are available up to 7 days before departure."]
-    assert quotes[0].passage == 1 and quotes[0].score == 1.0  # day, departure, full, refund
+    # day, departure, full, refund: all covered (1.0), plus a quarter for holding the figure asked for
+    assert quotes[0].passage == 1 and quotes[0].score == 1.25
     assert quote(quotes) == "\u201cFull refunds are available up to 7 days before departure.\u201d"
     # The quote passes the check it replaces: quoting adds no number (no "[1]" markers).
     assert check_answer(quote(quotes), [REFUNDS]) == []
@@ -106,3 +108,71 @@ def test_an_answer_that_says_nothing_is_held_back() -> None:
     # What is left when generation stops at an echoed tag (the cited layout's stop sequences).
     assert check_answer("The answer is:", [REFUNDS]) == ["says nothing"]
     assert check_answer("The answer is: 7.", [REFUNDS]) == []
+
+
+# --- the checks that read the question (focus, answer_type) and quoting by question part ---
+
+FLEET = (
+    "Northwind Rail is a regional railway operator. It employs about 1,450 people. "
+    "The fleet has 38 trains. The café on platform 2 is run by Linnea Dahl. "
+    "It is open from 06:30 to 19:00 on weekdays."
+)
+
+
+def test_a_grounded_figure_from_a_sentence_about_something_else_is_held_back() -> None:
+    question = "How many people does Northwind Rail employ?"
+    # 38 is in the passages, so the plain checks pass it; it is not in the sentences about employees.
+    assert check_answer("It employs 38 people.", [FLEET], checks=("numbers",), question=question) == []
+    assert check_answer("It employs 38 people.", [FLEET], question=question) == [
+        "not in the sentences about the question: 38"
+    ]
+    assert check_answer("It employs about 1,450 people.", [FLEET], question=question) == []
+    assert check_answer("It employs 38 people.", [FLEET]) == []  # no question: nothing to focus on
+
+
+def test_the_subject_most_passages_name_is_no_off_focus_claim() -> None:
+    passages = ["Northwind Rail sells tickets online.", "Northwind Rail runs trains. Refunds take 7 days.", FLEET]
+    question = "How long do refunds take?"
+    assert check_answer("At Northwind Rail, refunds take 7 days.", passages, question=question) == []
+    assert check_answer("Refunds take 7 days, says Linnea Dahl.", passages, question=question) == [
+        "not in the sentences about the question: Linnea Dahl"
+    ]
+
+
+def test_an_answer_without_the_kind_of_fact_asked_for_is_held_back() -> None:
+    when = "When is the café on platform 2 open on weekdays?"
+    assert check_answer("The café is open on weekdays.", [FLEET], question=when) == [
+        "gives no figure although the question asks for one"
+    ]
+    assert check_answer("From 06:30 to 19:00.", [FLEET], question=when) == []
+    who = "Who runs the café on platform 2?"
+    assert check_answer("The café is run by the station.", [FLEET], question=who) == [
+        "gives no name although the question asks for one"
+    ]
+    assert check_answer("Linnea Dahl runs it.", [FLEET], question=who) == []
+    # Not asked for a figure, or none to give: a plain answer passes.
+    assert check_answer("Yes, it is a regional operator.", [FLEET], question="Is Northwind Rail regional?") == []
+    assert check_answer("It is not open.", ["The kiosk has closed for good."], question="When is the kiosk open?") == []
+
+
+def test_a_pronoun_sentence_borrows_the_words_of_the_one_before_it() -> None:
+    quotes = best_sentences("When is the café on platform 2 open on weekdays?", [FLEET], 0.5, 1)
+    assert [q.text for q in quotes] == ["It is open from 06:30 to 19:00 on weekdays."]
+
+
+def test_a_question_in_parts_quotes_the_best_sentence_of_each_part() -> None:
+    question = "How many people does Northwind Rail employ, and who runs the café on platform 2?"
+    assert question_parts(question) == [
+        "How many people does Northwind Rail employ", "who runs the café on platform 2?"
+    ]
+    quotes = best_sentences(question, [FLEET], 0.5, 2)
+    assert [q.text for q in quotes] == [
+        "It employs about 1,450 people.", "The café on platform 2 is run by Linnea Dahl."
+    ]
+
+
+def test_headings_are_never_quoted() -> None:
+    passage = "Platform café\n\nThe platform café sells buns."
+    assert [q.text for q in best_sentences("Does the platform café sell buns?", [passage], 0.3, 3)] == [
+        "The platform café sells buns."
+    ]

@@ -78,6 +78,22 @@ async def test_an_invented_number_is_replaced_by_quoted_passage_sentences() -> N
     assert list(stack.moderation.calls[-1][0]) == [result.answer]
 
 
+async def test_a_figure_from_a_passage_about_something_else_is_quoted_over() -> None:
+    """1921 is in the passages (history.md), so it is grounded; the question is about refunds."""
+    pipeline, _ = await make("Tickets can be refunded in 1921 before departure.")
+    result = await pipeline.run(QUESTION, Deadline(30))
+    assert result.answer_mode is AnswerMode.EXTRACTIVE and "7 days" in result.answer
+    deltas, final = await stream(pipeline)
+    assert final.answer_mode is AnswerMode.EXTRACTIVE and "1921" not in "".join(deltas)
+
+
+async def test_an_answer_without_the_figure_asked_for_is_quoted_over_at_the_end_of_a_stream() -> None:
+    pipeline, _ = await make("Tickets can be refunded before departure. Ask at the ticket office.")
+    deltas, final = await stream(pipeline)
+    assert final.answer_mode is AnswerMode.EXTRACTIVE and "7 days" in final.answer
+    assert final.fallback_reason is FallbackReason.UNGROUNDED
+
+
 async def test_without_a_good_enough_sentence_the_canned_answer_is_given() -> None:
     pipeline, _ = await make(INVENTED, ground={"min_sentence_score": 1.0})
     result = await pipeline.run("How many days do refunds of tickets for dogs take?", Deadline(30))

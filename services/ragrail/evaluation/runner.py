@@ -88,6 +88,8 @@ class GatewayClient:
             latency_ms=(time.perf_counter() - started) * 1000,
             cached=r.cached,
             pipeline=f"{r.pipeline}@{r.pipeline_version}",
+            answer_mode=pb.AnswerMode.Name(r.answer_mode).removeprefix("ANSWER_MODE_").lower()
+            if r.answer_mode else "",
         )
 
 
@@ -215,6 +217,7 @@ COLUMNS = (
     ("cite@1", lambda s: _pct(s["citation_hit_first"])),
     ("cite", lambda s: _pct(s["citation_hit"])),
     ("grounded", lambda s: _pct(s["groundedness"]) + f" of {s['released']}"),
+    ("quoted", lambda s: str(s.get("quoted", 0))),
     ("off-topic fb", lambda s: _pct(s["fallback_correct_off_topic"])),
     ("unanswerable fb", lambda s: _pct(s["fallback_correct_unanswerable"])),
     ("false fb", lambda s: _pct(s["false_fallback"])),

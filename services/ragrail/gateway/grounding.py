@@ -4,7 +4,12 @@ passages themselves say (an extractive answer). Pure functions over strings, no 
 An answer is held back when it states a number, time or proper name its passages do not
 contain, pairs a passage's number with another unit ("10 days" where the passage says
 "10 minutes" and "7 days"), echoes the prompt (wrapper tags, the wrapper's sentences, a
-system-prompt sentence), or repeats a sentence. The term reading is shared with the
+system-prompt sentence), or repeats a sentence. Two checks read the question too, because a
+small model's commonest wrong answer is grounded in the wrong sentence ("The fleet is 38
+trains" to "How many people does it employ?"): *focus* wants the answer's numbers, times and
+names in the passage sentences that best match the question (or in the question itself), and
+*answer_type* wants a figure when the question asks how many/much/long/often, when, or what
+time, and a name when it asks who, where those sentences have one to give. The term reading is shared with the
 evaluation harness (``ragrail.common.grounding_terms``), so the gate and the groundedness
 figure agree.
 
@@ -20,9 +25,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ragrail.common.grounding_terms import NAME, NUMBER, TIME, canonical_number, prompt_leaks, ungrounded_terms
+from ragrail.common.grounding_terms import (
+    NAME,
+    NUMBER,
+    TIME,
+    canonical_number,
+    extract_terms,
+    prompt_leaks,
+    ungrounded_terms,
+)
 
-CHECKS = ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance")
+CHECKS = ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type")
 # Words that say nothing about the passages: "The answer is:" (cut at a stop sequence) is empty.
 _FILLER = frozenset({"answer", "question", "context", "passage", "text", "following", "here"})
 _TERM_KINDS = {"numbers": NUMBER, "times": TIME, "names": NAME}
@@ -44,7 +57,7 @@ _WORD = re.compile(r"[^\W_]+")
 _STOP = frozenset(
     """a an the is are was were be been being do does did can could will would shall should may might must
     i you he she it we they me my your our their its this that these those there here what which who whom
-    whose when where why how many much of in on at to for from by with about as into over under and or
+    whose when where why how many much often long far of in on at to for from by with about as into over under and or
     not no if then than so get got have has had please tell know any some""".split()
 )
 
@@ -103,10 +116,66 @@ def repeated_sentences(answer: str) -> list[str]:
     return repeated
 
 
+# Questions that ask for a figure (a number or a time) or for a name.
+_ASKS_FIGURE = re.compile(
+    r"\b(how (many|much|long|often|far|old|heavy|high|big|tall|wide|fast|late|early|soon)|"
+    r"what (percentage|proportion|share|time|year|date|price|number)|(phone|telephone) number|which year|when)\b",
+    re.IGNORECASE
+)
+_ASKS_NAME = re.compile(r"^\W*(who|whom|whose)\b|\b(who|whom|whose) (is|was|are|were|runs?|founded|owns?|manages?)\b",
+                        re.IGNORECASE)
+
+
+def focus_sentences(question: str, passages: Sequence[str], count: int) -> list[str]:
+    """The ``count`` passage sentences sharing most content words with the question, or with
+    one of its parts (any share above none); empty when no sentence shares a word with it.
+    Ranked by words alone: a figure in a sentence does not make it about the question."""
+    ranked = [q for part in question_parts(question) for q in _scored_sentences(part, passages, 1e-9, prefer_asked=False)]
+    return list(dict.fromkeys(q.text for q in sorted(ranked, key=lambda q: -q.score)))[:count]
+
+
+def off_focus_terms(answer: str, question: str, passages: Sequence[str], count: int = 3) -> list[str]:
+    """Numbers, times and names of the answer found neither in the sentences that best match
+    the question nor in the question: grounded, perhaps, but in a sentence about something else.
+    A name most passages mention (the subject of the documents, "Northwind Rail") is no claim."""
+    focus = focus_sentences(question, passages, count)
+    if not focus:
+        return []  # the question shares no word with the passages: nothing to focus on
+    off = []
+    for term in ungrounded_terms(answer, [*focus, question]):
+        mentioned_by = sum(not ungrounded_terms(term.text, [p]) for p in passages)
+        if not (term.kind == NAME and len(passages) >= 2 and mentioned_by * 2 >= len(passages)):
+            off.append(term.text)
+    return off
+
+
+def missing_answer_type(answer: str, question: str, passages: Sequence[str], count: int = 3) -> str:
+    """"figure" or "name" when the question asks for one, the best-matching sentences hold one
+    the question does not already give, and the answer states none; "" otherwise."""
+    asked = [t.key for t in extract_terms(question)]
+
+    def new_terms(text: str, kinds: set[str]) -> list[str]:
+        return [t.key for t in extract_terms(text) if t.kind in kinds and t.key not in asked]
+
+    for kind, pattern, kinds in (("figure", _ASKS_FIGURE, {NUMBER, TIME}), ("name", _ASKS_NAME, {NAME})):
+        if not pattern.search(question):
+            continue
+        available = any(new_terms(s, kinds) for s in focus_sentences(question, passages, count))
+        if available and not new_terms(answer, kinds):
+            return kind
+    return ""
+
+
 def check_answer(
-    answer: str, passages: Sequence[str], system_prompts: Sequence[str] = (), checks: Sequence[str] = CHECKS
+    answer: str,
+    passages: Sequence[str],
+    system_prompts: Sequence[str] = (),
+    checks: Sequence[str] = CHECKS,
+    question: str = "",
+    focus_count: int = 3,
 ) -> list[str]:
-    """Why ``answer`` must not be released (empty: it may be). One line per problem."""
+    """Why ``answer`` must not be released (empty: it may be). One line per problem. The
+    focus and answer_type checks need the ``question``; without one they pass."""
     problems = []
     kinds = {_TERM_KINDS[c] for c in checks if c in _TERM_KINDS}
     if kinds:
@@ -119,38 +188,108 @@ def check_answer(
         problems += [f"repeats: {s}" for s in repeated_sentences(answer)]
     if "substance" in checks and not content_words(answer) - _FILLER:
         problems.append("says nothing")
+    if question and "focus" in checks:
+        problems += [f"not in the sentences about the question: {t}" for t in off_focus_terms(answer, question, passages, focus_count)]
+    if question and "answer_type" in checks and (kind := missing_answer_type(answer, question, passages, focus_count)):
+        problems.append(f"gives no {kind} although the question asks for one")
     return problems
 
 
+def _stem(word: str) -> str:
+    """A light stem, enough for question/sentence overlap: "refunds"/"refunded"/"refunding" =
+    "refund", "carries"/"carried" = "carry". Not a linguist's stemmer, and needs not be."""
+    for suffix, keep in (("ies", "y"), ("ied", "y"), ("ing", ""), ("ed", ""), ("es", "e"), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: len(word) - len(suffix)] + keep
+    return word
+
+
 def content_words(text: str) -> set[str]:
-    """Lowercased words minus question words, a plural -s dropped ("refunds" = "refund")."""
-    words = set()
-    for word in _WORD.findall(text.lower()):
-        if word in _STOP:
-            continue
-        words.add(word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word)
-    return words
+    """Lowercased, lightly stemmed words minus question words ("refunds" = "refund")."""
+    return {_stem(word) for word in _WORD.findall(text.lower()) if word not in _STOP}
+
+
+# "…, and how long does that take?": a question in parts, each answered by its own sentence.
+_PART_SPLIT = re.compile(
+    r",?\s+and\s+(?=(?:how|what|when|who|whom|whose|which|where|why|is|are|does|do|can)\b)", re.IGNORECASE
+)
+
+
+def question_parts(question: str) -> list[str]:
+    """The question's parts ("When did X open, and what does Y cost?" -> two); one when whole."""
+    return [p for p in _PART_SPLIT.split(question) if content_words(p)] or [question]
+
+
+def _is_heading(sentence: str) -> bool:
+    """A heading carried into a chunk ("Coastal Line (green)", "# Refunds"): short, no full stop."""
+    stripped = sentence.strip()
+    return stripped.startswith("#") or (not re.search(r"[.!?:;]$", stripped) and len(_WORD.findall(stripped)) < 6)
+
+
+# A sentence that refers back to the one before it.
+_ANAPHOR = re.compile(r"\s*(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b", re.IGNORECASE)
+
+
+def _asked_kinds(question: str) -> set[str]:
+    """The term kinds the question asks for: figures (numbers, times) or names."""
+    kinds: set[str] = set()
+    if _ASKS_FIGURE.search(question):
+        kinds |= {NUMBER, TIME}
+    if _ASKS_NAME.search(question):
+        kinds.add(NAME)
+    return kinds
+
+
+def _scored_sentences(question: str, passages: Sequence[str], min_score: float, prefer_asked: bool = True) -> list[Quote]:
+    """Every passage sentence covering at least ``min_score`` of the question's content words,
+    best first (ties in passage order). A sentence that opens with a pronoun borrows, at half
+    weight, the words it lacks from the sentence before it ("The café is run by Linnea Dahl.
+    It is open from 06:30..."), and a sentence that holds the kind of fact the question asks for (a figure, a
+    name) and the question does not already give ranks a quarter higher."""
+    wanted = content_words(question)
+    if not wanted:
+        return []
+    kinds = _asked_kinds(question) if prefer_asked else set()
+    given = {t.key for t in extract_terms(question)}
+    scored: list[Quote] = []
+    seen: set[str] = set()
+    for i, passage in enumerate(passages):
+        previous: set[str] = set()
+        for sentence in sentences(passage):
+            words = content_words(sentence)
+            context, previous = previous, words
+            if sentence in seen or len(sentence) < 12 or _is_heading(sentence):
+                continue  # a duplicate (overlapping chunks), a fragment or a heading says nothing new
+            seen.add(sentence)
+            own = wanted & words
+            refers_back = _ANAPHOR.match(sentence) is not None
+            coverage = (len(own) + (0.5 * len((wanted & context) - own) if refers_back else 0)) / len(wanted)
+            if coverage < min_score:
+                continue
+            holds_answer = kinds and any(t.kind in kinds and t.key not in given for t in extract_terms(sentence))
+            scored.append(Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0)))
+    return sorted(scored, key=lambda q: -q.score)
 
 
 def best_sentences(question: str, passages: Sequence[str], min_score: float, max_sentences: int) -> list[Quote]:
     """The passages' sentences that cover most of the question's content words (score: the
     share covered, 0..1), at least ``min_score``, best first then trimmed to ``max_sentences``,
-    returned in passage order. Empty when none qualifies."""
-    wanted = content_words(question)
-    if not wanted:
-        return []
-    scored: list[Quote] = []
-    seen: set[str] = set()
-    for i, passage in enumerate(passages):
-        for sentence in sentences(passage):
-            if sentence in seen or len(sentence) < 12 or sentence.lstrip().startswith("#"):
-                continue  # a duplicate (overlapping chunks), a fragment or a heading says nothing new
-            seen.add(sentence)
-            score = len(wanted & content_words(sentence)) / len(wanted)
-            if score >= min_score:
-                scored.append(Quote(sentence, i, score))
-    best = sorted(scored, key=lambda q: -q.score)[:max_sentences]
-    return sorted(best, key=lambda q: (q.passage, scored.index(q)))
+    returned in passage order. A question in parts ("…, and how long …?") is scored part by
+    part, and the best sentences of every part come before the second-best of any. Empty when
+    none qualifies."""
+    per_part = [_scored_sentences(part, passages, min_score) for part in question_parts(question)]
+    chosen: list[Quote] = []
+    for rank in range(max(map(len, per_part), default=0)):
+        for ranked in per_part:
+            if rank < len(ranked) and ranked[rank].text not in {q.text for q in chosen}:
+                chosen.append(ranked[rank])
+    chosen = chosen[:max_sentences]
+    order = {(q.passage, q.text): n for n, q in enumerate(_in_passage_order(passages))}
+    return sorted(chosen, key=lambda q: order.get((q.passage, q.text), 0))
+
+
+def _in_passage_order(passages: Sequence[str]) -> list[Quote]:
+    return [Quote(s, i, 0.0) for i, p in enumerate(passages) for s in sentences(p)]
 
 
 def quote(quotes: Sequence[Quote]) -> str:

@@ -350,14 +350,19 @@ class Pipeline:
             self._unground(problems[0], ctx)
 
     def _ground_problems(
-        self, grounds: list[GroundStage], ctx: RunContext, text: str
+        self, grounds: list[GroundStage], ctx: RunContext, text: str, complete: bool = True
     ) -> list[tuple[GroundStage, list[str]]]:
-        """(stage, problems) for each ground stage that would hold ``text`` back; timed per stage."""
+        """(stage, problems) for each ground stage that would hold ``text`` back; timed per stage.
+        A streamed answer's head (``complete`` false) is not asked for the figure the question
+        wants: a later sentence may give it."""
         passages = [p.text for p in ctx.passages]
         failing = []
         for stage in grounds:
             start = time.perf_counter()
-            problems = check_answer(text, passages, self._system_prompts(stage), stage.checks)
+            checks = stage.checks if complete else tuple(c for c in stage.checks if c != "answer_type")
+            problems = check_answer(
+                text, passages, self._system_prompts(stage), checks, question=ctx.query, focus_count=stage.focus_sentences
+            )
             ctx.timings[stage.label] = ctx.timings.get(stage.label, 0.0) + time.perf_counter() - start
             if problems:
                 failing.append((stage, problems))
@@ -510,7 +515,7 @@ class Pipeline:
         each checked with the released answer before it; stops at the first that may not."""
         out = ""
         for sentence in gate.feed(text):
-            failing = self._ground_problems(grounds, ctx, ctx.released + out + sentence)
+            failing = self._ground_problems(grounds, ctx, ctx.released + out + sentence, complete=False)
             if failing:
                 return out, failing[0]
             out += sentence

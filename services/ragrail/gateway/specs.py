@@ -186,21 +186,31 @@ class GenerateStage(_Stage, Sampling):
     output: str = Field("", description="also publish the answer under this key in the response's outputs")
 
 
-GroundCheck = Literal["numbers", "times", "names", "units", "prompt_echo", "repetition", "substance"]
+GroundCheck = Literal[
+    "numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type"
+]
 
 
 class GroundStage(_Stage):
     """Releases the answer only when it is grounded in the retrieved passages: every number,
-    time and proper name found in them, numbers with the passages' units, no echo of the
+    time and proper name found in them (and in the sentences that best match the question),
+    numbers with the passages' units, the kind of fact the question asks for, no echo of the
     prompt, no repeated sentence. Otherwise the passages' best-matching sentences are quoted
     (answer mode extractive) or, with none good enough, the ungrounded canned answer."""
 
     type: Literal["ground"] = Field(description="stage type")
     checks: tuple[GroundCheck, ...] = Field(
-        ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance"), min_length=1,
+        ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type"),
+        min_length=1,
         description="what is checked: numbers (figures, years, days of dates), times (06:00), names (capitalised "
         "words, month names included), units (a passage's figure with another unit), prompt_echo (wrapper tags, "
-        "system prompt), repetition (a sentence said twice), substance (no content word at all, e.g. \"The answer is:\")",
+        "system prompt), repetition (a sentence said twice), substance (no content word at all, e.g. \"The answer is:\"), "
+        "focus (the answer's numbers, times and names in the focus_sentences that best match the question, or in the "
+        "question), answer_type (a figure for how many/much/long/often, when, what time; a name for who; when those "
+        "sentences hold one)",
+    )
+    focus_sentences: int = Field(
+        3, ge=1, le=20, description="passage sentences that best match the question, read by focus and answer_type"
     )
     on_failure: Literal["extractive", "canned"] = Field(
         "extractive", description="extractive: quote the passages' sentences that best match the question "
