@@ -7,6 +7,7 @@ from ragrail.gateway.grounding import (
     SentenceGate,
     best_sentences,
     check_answer,
+    extractive_answer,
     mismatched_units,
     question_parts,
     quote,
@@ -142,6 +143,10 @@ def test_the_subject_most_passages_name_is_no_off_focus_claim() -> None:
 def test_an_answer_without_the_kind_of_fact_asked_for_is_held_back() -> None:
     when = "When is the café on platform 2 open on weekdays?"
     assert check_answer("The café is open on weekdays.", [FLEET], question=when) == [
+        "gives no date or time although the question asks for one"
+    ]
+    how_many = "How many people does Northwind Rail employ?"
+    assert check_answer("It employs many people.", [FLEET], question=how_many) == [
         "gives no figure although the question asks for one"
     ]
     assert check_answer("From 06:30 to 19:00.", [FLEET], question=when) == []
@@ -175,4 +180,14 @@ def test_headings_are_never_quoted() -> None:
     passage = "Platform café\n\nThe platform café sells buns."
     assert [q.text for q in best_sentences("Does the platform café sell buns?", [passage], 0.3, 3)] == [
         "The platform café sells buns."
+    ]
+
+
+def test_quotes_that_lack_the_kind_of_fact_asked_for_are_not_an_answer() -> None:
+    ferry = "Kelby Harbour is where the line meets the ferry; the pier is a four-minute walk from platform 1."
+    question = "At what times does the ferry leave Kelby Harbour?"
+    assert best_sentences(question, [ferry], 0.5, 2)  # the sentence matches the words...
+    assert extractive_answer(question, [ferry], 0.5, 2) == []  # ...but gives no time: canned instead
+    assert [q.text for q in extractive_answer("When is the café on platform 2 open on weekdays?", [FLEET], 0.5, 1)] == [
+        "It is open from 06:30 to 19:00 on weekdays."
     ]

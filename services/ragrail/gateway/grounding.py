@@ -116,14 +116,32 @@ def repeated_sentences(answer: str) -> list[str]:
     return repeated
 
 
-# Questions that ask for a figure (a number or a time) or for a name.
-_ASKS_FIGURE = re.compile(
-    r"\b(how (many|much|long|often|far|old|heavy|high|big|tall|wide|fast|late|early|soon)|"
-    r"what (percentage|proportion|share|time|year|date|price|number)|(phone|telephone) number|which year|when)\b",
-    re.IGNORECASE
+# What a question asks for, by the kinds of term that can answer it: a time of day, a figure
+# (a number or a time), a date (a number, a time or a month's name), a name.
+_ASKS = (
+    (re.compile(r"\b(what|which) times?\b|\bat what time\b|\bopening (hours|times)\b", re.IGNORECASE), (TIME,)),
+    (re.compile(
+        r"\bhow (many|much|long|often|far|old|heavy|high|big|tall|wide|fast|late|early|soon)\b|"
+        r"\bwhat (percentage|proportion|share|price|number|fare|fee)\b|\b(phone|telephone) number\b", re.IGNORECASE,
+    ), (NUMBER, TIME)),
+    (re.compile(r"\bwhen\b|\b(what|which|in which) (years?|months?|days?|dates?)\b", re.IGNORECASE), (NUMBER, TIME, NAME)),
+    (re.compile(r"^\W*(who|whom|whose)\b|\b(who|whom|whose) (is|was|are|were|runs?|founded|owns?|manages?)\b",
+                re.IGNORECASE), (NAME,)),
 )
-_ASKS_NAME = re.compile(r"^\W*(who|whom|whose)\b|\b(who|whom|whose) (is|was|are|were|runs?|founded|owns?|manages?)\b",
-                        re.IGNORECASE)
+
+
+def asked_kinds(question: str) -> set[str]:
+    """The term kinds that can answer the question (empty: it asks for no figure or name)."""
+    for pattern, kinds in _ASKS:
+        if pattern.search(question):
+            return set(kinds)
+    return set()
+
+
+def new_terms(text: str, kinds: set[str], question: str) -> list[str]:
+    """Terms of those kinds in ``text`` that the question does not already give."""
+    given = {t.key for t in extract_terms(question)}
+    return [t.key for t in extract_terms(text) if t.kind in kinds and t.key not in given]
 
 
 def focus_sentences(question: str, passages: Sequence[str], count: int) -> list[str]:
@@ -150,20 +168,16 @@ def off_focus_terms(answer: str, question: str, passages: Sequence[str], count: 
 
 
 def missing_answer_type(answer: str, question: str, passages: Sequence[str], count: int = 3) -> str:
-    """"figure" or "name" when the question asks for one, the best-matching sentences hold one
-    the question does not already give, and the answer states none; "" otherwise."""
-    asked = [t.key for t in extract_terms(question)]
-
-    def new_terms(text: str, kinds: set[str]) -> list[str]:
-        return [t.key for t in extract_terms(text) if t.kind in kinds and t.key not in asked]
-
-    for kind, pattern, kinds in (("figure", _ASKS_FIGURE, {NUMBER, TIME}), ("name", _ASKS_NAME, {NAME})):
-        if not pattern.search(question):
-            continue
-        available = any(new_terms(s, kinds) for s in focus_sentences(question, passages, count))
-        if available and not new_terms(answer, kinds):
-            return kind
-    return ""
+    """What the question asks for ("figure", "time", "date or time", "name") when the best-matching
+    sentences hold one the question does not already give and the answer states none; "" otherwise."""
+    kinds = asked_kinds(question)
+    if not kinds or new_terms(answer, kinds, question):
+        return ""
+    if not any(new_terms(s, kinds, question) for s in focus_sentences(question, passages, count)):
+        return ""  # nothing to give: the answer is not to blame
+    return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
+        frozenset(kinds), "date or time"
+    )
 
 
 def check_answer(
@@ -230,27 +244,17 @@ def _is_heading(sentence: str) -> bool:
 _ANAPHOR = re.compile(r"\s*(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b", re.IGNORECASE)
 
 
-def _asked_kinds(question: str) -> set[str]:
-    """The term kinds the question asks for: figures (numbers, times) or names."""
-    kinds: set[str] = set()
-    if _ASKS_FIGURE.search(question):
-        kinds |= {NUMBER, TIME}
-    if _ASKS_NAME.search(question):
-        kinds.add(NAME)
-    return kinds
-
-
 def _scored_sentences(question: str, passages: Sequence[str], min_score: float, prefer_asked: bool = True) -> list[Quote]:
     """Every passage sentence covering at least ``min_score`` of the question's content words,
-    best first (ties in passage order). A sentence that opens with a pronoun borrows, at half
-    weight, the words it lacks from the sentence before it ("The café is run by Linnea Dahl.
-    It is open from 06:30..."), and a sentence that holds the kind of fact the question asks for (a figure, a
-    name) and the question does not already give ranks a quarter higher."""
+    best first (ties in passage order). A
+    sentence that opens with a pronoun borrows, at half weight, the words it lacks from the
+    sentence before it ("The café is run by Linnea Dahl. It is open from 06:30..."), and a
+    sentence that holds the kind of fact the question asks for (a figure, a name) and the
+    question does not already give ranks a quarter higher."""
     wanted = content_words(question)
     if not wanted:
         return []
-    kinds = _asked_kinds(question) if prefer_asked else set()
-    given = {t.key for t in extract_terms(question)}
+    kinds = asked_kinds(question) if prefer_asked else set()
     scored: list[Quote] = []
     seen: set[str] = set()
     for i, passage in enumerate(passages):
@@ -262,11 +266,11 @@ def _scored_sentences(question: str, passages: Sequence[str], min_score: float, 
                 continue  # a duplicate (overlapping chunks), a fragment or a heading says nothing new
             seen.add(sentence)
             own = wanted & words
-            refers_back = _ANAPHOR.match(sentence) is not None
-            coverage = (len(own) + (0.5 * len((wanted & context) - own) if refers_back else 0)) / len(wanted)
+            borrowed = (wanted & context) - own if _ANAPHOR.match(sentence) else set()
+            coverage = (len(own) + 0.5 * len(borrowed)) / len(wanted)
             if coverage < min_score:
                 continue
-            holds_answer = kinds and any(t.kind in kinds and t.key not in given for t in extract_terms(sentence))
+            holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question))
             scored.append(Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0)))
     return sorted(scored, key=lambda q: -q.score)
 
@@ -290,6 +294,18 @@ def best_sentences(question: str, passages: Sequence[str], min_score: float, max
 
 def _in_passage_order(passages: Sequence[str]) -> list[Quote]:
     return [Quote(s, i, 0.0) for i, p in enumerate(passages) for s in sentences(p)]
+
+
+def extractive_answer(question: str, passages: Sequence[str], min_score: float, max_sentences: int) -> list[Quote]:
+    """The sentences to quote instead of a held-back answer: ``best_sentences``, unless the
+    question asks for a figure, time or name and none of them holds one it does not already
+    give. Quoting the ferry's pier to "At what times does the ferry leave?" answers nothing:
+    empty, so the caller gets the canned answer."""
+    quotes = best_sentences(question, passages, min_score, max_sentences)
+    kinds = asked_kinds(question)
+    if kinds and not any(new_terms(q.text, kinds, question) for q in quotes):
+        return []
+    return quotes
 
 
 def quote(quotes: Sequence[Quote]) -> str:

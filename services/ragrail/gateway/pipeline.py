@@ -29,7 +29,7 @@ from ragrail.common.deadline import Deadline
 from ragrail.common.errors import FailedPrecondition, require
 from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage, TokenUsage
 from ragrail.gateway.cache import TtlCache, normalise
-from ragrail.gateway.grounding import SentenceGate, best_sentences, check_answer, quote
+from ragrail.gateway.grounding import SentenceGate, check_answer, extractive_answer, quote
 from ragrail.gateway.specs import (
     ClassifyStage,
     EmbedStage,
@@ -380,7 +380,7 @@ class Pipeline:
         stage, problems = failure
         log.info("%s held the answer back: %s", stage.label, "; ".join(problems[:3]))
         quotes = (
-            best_sentences(ctx.query, [p.text for p in ctx.passages], stage.min_sentence_score, stage.max_quoted_sentences)
+            extractive_answer(ctx.query, [p.text for p in ctx.passages], stage.min_sentence_score, stage.max_quoted_sentences)
             if stage.on_failure == "extractive" else []
         )
         if not quotes:
