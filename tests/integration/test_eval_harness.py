@@ -69,3 +69,29 @@ def test_eval_names_a_version_the_gateway_does_not_serve(stack: Stack) -> None:
     done = stack.cli("eval", "--pipelines", "rag@1,rag@99", "--limit", "1", "-q", timeout=60)
     assert done.returncode == 2
     assert "does not serve rag@99" in done.stderr
+
+
+def test_rag3_releases_only_grounded_answers_and_labels_each_mode(stack: Stack, tmp_path: Path) -> None:
+    """The same slice through rag@3: whatever the model said, nothing ungrounded or echoing the
+    prompt is released, and every answer says how it was made (generated, quoted or canned)."""
+    out = tmp_path / "report.json"
+    done = stack.cli("eval", "--set", str(write_slice(tmp_path)), "--pipelines", "rag@3", "--json", str(out), "-q",
+                     timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    summary = report["versions"]["rag@3"]
+    results = {r["id"]: r for r in report["results"]}
+    assert summary["errors"] == 0 and {r["answer"]["pipeline"] for r in results.values()} == {"rag@3"}
+    for r in results.values():
+        assert r["answer"]["answer_mode"] in ("generated", "extractive", "canned"), r
+        assert (r["answer"]["answer_mode"] == "canned") == (r["answer"]["fallback"] and not r["released"]), r
+    released = [r for r in results.values() if r["released"]]
+    assert all(r["grounded"] for r in released), [(r["id"], r["ungrounded"]) for r in released]
+    assert summary["prompt_leaks"] == 0
+    assert summary["quoted"] == sum(r["answer"]["answer_mode"] == "extractive" for r in released)
+    for qid in ("off-topic-1", "off-topic-2"):
+        assert results[qid]["answer"]["fallback_reason"] == "retrieval_miss" and results[qid]["correct"]
+    # Answerable: cited first when answered at all (a quote cites only the passages it quotes).
+    for qid, doc in (("founder", "company-history.md"), ("coastal-length", "network-and-stations.md")):
+        if results[qid]["released"]:
+            assert results[qid]["answer"]["citations"][0][0] == doc, results[qid]["answer"]["citations"]
