@@ -60,6 +60,8 @@ def default_models_dir() -> str:
     return os.environ.get("RAGRAIL_MODELS_DIR") or os.path.expanduser("~/.local/share/ragrail/models")
 
 
+HURRIED_GENERATE_TIMEOUT_S = 8
+
 # Extra specs that make failures happen on purpose, next to the packaged ones.
 TEST_SPECS = {
     "slow@1.yaml": {
@@ -72,6 +74,11 @@ TEST_SPECS = {
         "description": "generation points at a Serve application that does not exist",
         "services": {"generation": "generation-missing"},
         "generation": {"timeout_s": 5},
+    },
+    "hurried@1.yaml": {
+        "name": "hurried", "version": 1, "kind": "rag",
+        "description": "rag with a short generate timeout: how long a pending generation service is waited for",
+        "generation": {"timeout_s": HURRIED_GENERATE_TIMEOUT_S},
     },
 }
 

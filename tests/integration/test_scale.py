@@ -16,7 +16,7 @@ import pytest
 from ragrail.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from ragrail.gateway.v1 import gateway_pb2 as pb
 from ragrail.gateway.v1 import gateway_pb2_grpc
-from tests.integration.conftest import Stack, running_stack
+from tests.integration.conftest import HURRIED_GENERATE_TIMEOUT_S, Stack, running_stack
 from tests.unit.sample_questions import ANSWERABLE
 
 pytestmark = pytest.mark.integration
@@ -58,12 +58,13 @@ def test_unschedulable_service_is_reported_and_answered_with_a_fallback(scale_st
     start = time.monotonic()
     with grpc.insecure_channel(scale_stack.gateway_address) as channel:
         response = gateway_pb2_grpc.GatewayServiceStub(channel).Run(
-            pb.RunRequest(pipeline="rag@1", query=ANSWERABLE[0][0]), timeout=60
+            pb.RunRequest(pipeline="hurried@1", query=ANSWERABLE[0][0]), timeout=60
         )
     assert response.fallback
     assert response.fallback_reason in (pb.FALLBACK_REASON_STAGE_TIMEOUT, pb.FALLBACK_REASON_BACKEND_UNAVAILABLE)
     assert response.failed_stage == "generate"
-    assert time.monotonic() - start < 35  # the generate stage's own timeout (30 s), not a hang
+    # bounded by the generate stage's own timeout (plus the stages before it on a busy machine), not a hang
+    assert time.monotonic() - start < HURRIED_GENERATE_TIMEOUT_S + 12
 
 
 def test_embedding_autoscales_under_load(scale_stack: Stack) -> None:
