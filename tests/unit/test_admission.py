@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ragrail.common.errors import ResourceExhausted
-from ragrail.gateway.admission import Admission
+from ragrail.gateway.admission import Admission, LatencyLimit
 
 
 class Holder:
@@ -227,3 +227,97 @@ def test_admission_settings_keep_each_class_below_the_rpc_limit() -> None:
         )
     with pytest.raises(ValidationError, match="max_queue"):  # a class is given whole
         GatewayAdmissionSettings.model_validate({"ingest": {"max_in_flight": 4}})
+
+
+# -- a limit steered by latency -----------------------------------------------------------
+
+
+def test_a_slow_run_shrinks_the_limit_once_per_generation_of_runs() -> None:
+    limit = LatencyLimit(ceiling=8, target_s=10.0)
+    admitted_before = time.monotonic()
+    limit.record(admitted_before, latency_s=12.0, overloaded=False, in_flight=7)
+    assert limit.slots == 6  # 8 x 0.75
+    # Runs admitted before that decrease were sized for the old limit: no second cut.
+    limit.record(admitted_before, latency_s=15.0, overloaded=False, in_flight=6)
+    assert limit.slots == 6
+    limit.record(time.monotonic(), latency_s=1.0, overloaded=True, in_flight=3)
+    assert limit.slots == 4  # 6 x 0.75 = 4.5
+
+
+def test_the_limit_never_falls_below_its_floor_and_grows_back_while_in_use() -> None:
+    limit = LatencyLimit(ceiling=4, target_s=1.0, floor=2)
+    for _ in range(5):
+        limit.record(time.monotonic(), latency_s=5.0, overloaded=False, in_flight=0)
+    assert limit.slots == 2
+    limit.record(time.monotonic(), latency_s=0.1, overloaded=False, in_flight=0)  # 2 x 1 >= 2: in use
+    assert limit.value == pytest.approx(2.5)
+    for _ in range(20):
+        limit.record(time.monotonic(), latency_s=0.1, overloaded=False, in_flight=3)
+    assert limit.slots == 4  # capped at the ceiling
+
+
+def test_an_idle_limit_earns_no_raise() -> None:
+    limit = LatencyLimit(ceiling=16, target_s=1.0)
+    limit.record(time.monotonic(), latency_s=5.0, overloaded=False, in_flight=0)
+    before = limit.value
+    limit.record(time.monotonic(), latency_s=0.1, overloaded=False, in_flight=0)  # 2 x 1 < 12 slots
+    assert limit.value == before
+
+
+async def test_overloaded_runs_shrink_the_slots_and_the_excess_is_refused_at_once() -> None:
+    admission = Admission("rag@1", max_in_flight=4, max_queue=0, latency_limit=LatencyLimit(4, target_s=30.0))
+    async with admission.slot(1.0) as ticket:
+        ticket.overloaded = True  # e.g. its generate stage timed out
+    assert admission.limit == 3
+    holders = await fill(admission, 3)
+    assert all(h.entered.is_set() for h in holders)
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="at capacity \\(3 running"):
+        async with admission.slot(5.0):
+            pass
+    assert time.monotonic() - started < 0.1
+    for h in holders:
+        await h.done()
+
+
+async def test_max_queue_wait_bounds_the_wait_below_the_deadline() -> None:
+    admission = Admission("rag@1", max_in_flight=1, max_queue=4, max_queue_wait_s=0.05)
+    holder = (await fill(admission, 1))[0]
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="no free slot"):
+        async with admission.slot(30.0):
+            pass
+    assert time.monotonic() - started < 1.0
+    assert admission.queued == 0
+    await holder.done()
+
+
+async def test_a_slot_handed_to_a_waiter_is_not_taken_by_a_newcomer() -> None:
+    admission = Admission("rag@1", max_in_flight=1, max_queue=2)
+    first = (await fill(admission, 1))[0]
+    waiter = Holder(admission)
+    await settle()
+    first.release.set()
+    await first.task  # the slot is handed to the waiter, which has not resumed yet
+    newcomer = Holder(admission)
+    await settle()
+    assert waiter.entered.is_set() and not newcomer.entered.is_set()
+    assert admission.in_flight == 1
+    await waiter.done()
+    await newcomer.done()
+    assert (admission.in_flight, admission.queued) == (0, 0)
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_it_on() -> None:
+    admission = Admission("rag@1", max_in_flight=1, max_queue=2)
+    first = (await fill(admission, 1))[0]
+    leaving, staying = Holder(admission), Holder(admission)
+    await settle()
+    first.release.set()
+    await first.task  # the slot goes to `leaving`...
+    leaving.task.cancel()  # ...which is cancelled before it resumes
+    await settle()
+    assert leaving.task.cancelled()
+    assert staying.entered.is_set() and admission.in_flight == 1
+    await staying.done()
+    assert (admission.in_flight, admission.queued) == (0, 0)

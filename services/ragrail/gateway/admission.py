@@ -3,29 +3,94 @@ RPC (``ragrail.gateway.interceptors``: all RPCs, queries, ingest).
 
 Beyond both bounds a request is refused at once with RESOURCE_EXHAUSTED and a
 retry-after hint, never queued without bound and never left hanging.
+
+A pipeline may also steer its limit by latency (``LatencyLimit``): a fixed limit is right for
+one machine only, and on a slower one (or with a busier model) the admitted requests would all
+finish late together. The limit shrinks when runs come back slower than the spec's target
+and grows back while they are fast, so the excess is refused at the door rather than admitted
+to time out inside: overload stays overload, not failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from ragrail.common.errors import ResourceExhausted
 
 
+class LatencyLimit:
+    """An AIMD concurrency limit steered by how long admitted runs take.
+
+    Additive increase (about one more slot per ``limit`` fast runs, and only while the limit is
+    in use), multiplicative decrease when a run is slower than ``target_s`` or ends overloaded;
+    at most one decrease per generation of runs: a run admitted before the last decrease says
+    nothing about the limit that decrease set (TCP's once-per-window rule).
+    """
+
+    def __init__(self, ceiling: int, target_s: float, floor: int = 1, backoff: float = 0.75) -> None:
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.target_s = target_s
+        self.backoff = backoff
+        self.value = float(ceiling)
+        self._last_decrease = float("-inf")
+
+    @property
+    def slots(self) -> int:
+        return max(self.floor, int(self.value))
+
+    def record(self, started: float, latency_s: float, overloaded: bool, in_flight: int) -> None:
+        if overloaded or latency_s > self.target_s:
+            if started >= self._last_decrease:
+                self.value = max(float(self.floor), self.value * self.backoff)
+                self._last_decrease = time.monotonic()
+        elif 2 * (in_flight + 1) >= self.slots:  # only a limit in use has earned a raise
+            self.value = min(float(self.ceiling), self.value + 1.0 / self.value)
+
+
+@dataclass
+class Ticket:
+    """One admitted request; the caller marks it overloaded when its run ended that way."""
+
+    started: float
+    overloaded: bool = False
+
+
 class Admission:
     def __init__(
-        self, name: str, max_in_flight: int, max_queue: int, retry_after_s: float = 1.0, *, what: str = "pipeline"
+        self,
+        name: str,
+        max_in_flight: int,
+        max_queue: int,
+        retry_after_s: float = 1.0,
+        *,
+        what: str = "pipeline",
+        latency_limit: LatencyLimit | None = None,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         self.name = name
         self.what = what  # how messages name it: "pipeline rag@1", "the gateway's ingest class"
         self.max_in_flight = max_in_flight
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self.latency_limit = latency_limit
+        self.max_queue_wait_s = max_queue_wait_s
         self.in_flight = 0
-        self.queued = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def limit(self) -> int:
+        """Slots right now: max_in_flight, or less while a latency limit holds it down."""
+        return self.latency_limit.slots if self.latency_limit else self.max_in_flight
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
 
     @property
     def full(self) -> bool:
@@ -33,35 +98,60 @@ class Admission:
 
         A hint for refusing before a request is even read; ``slot`` still decides.
         """
-        return self._slots.locked() and self.queued >= self.max_queue
+        return self.in_flight >= self.limit and self.queued >= self.max_queue
 
     def refusal(self) -> ResourceExhausted:
         return ResourceExhausted(
-            f"{self.what} {self.name} is at capacity ({self.max_in_flight} running, {self.queued} queued); retry later",
+            f"{self.what} {self.name} is at capacity ({self.limit} running, {self.queued} queued); retry later",
             retry_after_s=self.retry_after_s,
         )
 
     @asynccontextmanager
-    async def slot(self, wait_s: float) -> AsyncIterator[None]:
-        """Holds one in-flight slot; waits at most wait_s (the request's remaining time)."""
-        if self._slots.locked():
+    async def slot(self, wait_s: float) -> AsyncIterator[Ticket]:
+        """Holds one in-flight slot; waits at most wait_s (the request's remaining time), and at
+        most max_queue_wait_s when set."""
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+        else:
             if self.queued >= self.max_queue:
                 raise self.refusal()
-            self.queued += 1
-            try:
-                await asyncio.wait_for(self._slots.acquire(), timeout=max(wait_s, 0.0))
-            except TimeoutError:
-                raise ResourceExhausted(
-                    f"{self.what} {self.name} had no free slot before the deadline",
-                    retry_after_s=self.retry_after_s,
-                ) from None
-            finally:
-                self.queued -= 1
-        else:
-            await self._slots.acquire()
-        self.in_flight += 1
+            if self.max_queue_wait_s is not None:
+                wait_s = min(wait_s, self.max_queue_wait_s)
+            await self._wait_turn(wait_s)
+        ticket = Ticket(time.monotonic())
         try:
-            yield
+            yield ticket
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            if self.latency_limit:
+                self.latency_limit.record(
+                    ticket.started, time.monotonic() - ticket.started, ticket.overloaded, self.in_flight
+                )
+            self._wake()
+
+    async def _wait_turn(self, wait_s: float) -> None:
+        """Returns holding a slot: ``_wake`` counts it in ``in_flight`` as it hands it over, so
+        an arrival between the hand-over and this waiter resuming cannot take it."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            async with asyncio.timeout(max(wait_s, 0.0)):
+                await turn
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if turn.done() and not turn.cancelled():  # handed a slot just as it gave up: pass it on
+                self.in_flight -= 1
+                self._wake()
+            elif turn in self._waiters:
+                self._waiters.remove(turn)
+            if isinstance(exc, TimeoutError):
+                raise ResourceExhausted(
+                    f"{self.what} {self.name} had no free slot before the deadline", retry_after_s=self.retry_after_s
+                ) from None
+            raise
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                self.in_flight += 1
+                turn.set_result(None)

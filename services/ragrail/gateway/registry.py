@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragrail.common.errors import CollectionMissing, NotFound, RagrailError, require
-from ragrail.gateway.admission import Admission
+from ragrail.gateway.admission import Admission, LatencyLimit
 from ragrail.gateway.backends import Backends
 from ragrail.gateway.pipeline import Pipeline, build_pipeline
-from ragrail.gateway.specs import PipelineSet, PipelineSpec, SpecError, load_pipeline_dir
+from ragrail.gateway.specs import AdmissionSpec, PipelineSet, PipelineSpec, SpecError, load_pipeline_dir
 from ragrail.gateway.stages import StageRunner
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,18 @@ def pick_version(split: Mapping[int, int], name: str, caller_key: str) -> int:
     raise AssertionError("weights exhausted")  # unreachable: point < total
 
 
+def admission_for(spec: PipelineSpec) -> Admission:
+    policy = spec.admission
+    limit = (
+        LatencyLimit(policy.max_in_flight, policy.target_latency_s, floor=policy.min_in_flight)
+        if policy.target_latency_s
+        else None
+    )
+    return Admission(
+        spec.ref, policy.max_in_flight, policy.max_queue, latency_limit=limit, max_queue_wait_s=policy.max_queue_wait_s
+    )
+
+
 class RegistryLoader:
     """Builds registries from a spec folder; reuses admission slots across reloads."""
 
@@ -148,7 +160,7 @@ class RegistryLoader:
         self.runner = runner
         self.last_error = ""
         self._signature: tuple[tuple[str, float, int], ...] = ()
-        self._admissions: dict[str, Admission] = {}
+        self._admissions: dict[str, tuple[AdmissionSpec, Admission]] = {}
 
     def load(self) -> PipelineRegistry:
         """Raises SpecError when the folder is invalid."""
@@ -164,12 +176,10 @@ class RegistryLoader:
         admissions = {}
         for spec in pipeline_set.specs:
             old = self._admissions.get(spec.ref)
-            same = old and (old.max_in_flight, old.max_queue) == (spec.admission.max_in_flight, spec.admission.max_queue)
-            admissions[spec.ref] = old if same else Admission(
-                spec.ref, spec.admission.max_in_flight, spec.admission.max_queue
-            )
+            # An unchanged policy keeps its Admission: its slots, queue and learned limit.
+            admissions[spec.ref] = old if old and old[0] == spec.admission else (spec.admission, admission_for(spec))
         self._admissions = admissions
-        return PipelineRegistry(pipelines, pipeline_set.routes, admissions)
+        return PipelineRegistry(pipelines, pipeline_set.routes, {ref: a for ref, (_, a) in admissions.items()})
 
     def changed(self) -> bool:
         return self.signature() != self._signature

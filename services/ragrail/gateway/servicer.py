@@ -39,6 +39,8 @@ _REASONS = {None: pb.FALLBACK_REASON_UNSPECIFIED} | {
 _MODES: dict[AnswerMode, Any] = {mode: pb.AnswerMode.Value(f"ANSWER_MODE_{mode.name}") for mode in AnswerMode}
 INGEST_BUDGET_S = 600.0
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
+# Runs that ended this way tell a latency-steered admission limit to shrink.
+OVERLOADED = frozenset({FallbackReason.STAGE_TIMEOUT, FallbackReason.OVERLOAD})
 RECENT_REQUESTS = 10_000  # request id -> pipeline@version, for Feedback
 
 
@@ -143,8 +145,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Run(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunResponse:
         pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "Run")
         with self._observe(pipeline, "Run") as observation:
-            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
                 result = await pipeline.run(request.query, deadline)
+                ticket.overloaded = result.fallback_reason in OVERLOADED
             observation.result = result
         self.state.remember(request_id, result)
         return result_to_pb(result, request_id)
@@ -155,7 +158,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> AsyncIterator[pb.RunStreamResponse]:
         pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "RunStream")
         with self._observe(pipeline, "RunStream") as observation:
-            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
                 # aclosing: a client that goes away closes the pipeline's stream, which
                 # cancels the generation call downstream at once.
                 events = pipeline.run_stream(request.query, deadline)
@@ -165,6 +168,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                             yield pb.RunStreamResponse(delta=event)
                         else:
                             observation.result = event
+                            ticket.overloaded = event.fallback_reason in OVERLOADED
                             self.state.remember(request_id, event)
                             yield pb.RunStreamResponse(final=result_to_pb(event, request_id))
 
