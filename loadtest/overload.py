@@ -1,10 +1,12 @@
 """Overload is not failure: goodput at the saturating load and at a multiple of it (issue 11).
 
-    .venv/bin/python loadtest/overload.py                         # a private stack; 4 then 16 callers
-    .venv/bin/python loadtest/overload.py --gateway 127.0.0.1:50051 --users 4 --factor 4 --window 90
+    .venv/bin/python loadtest/overload.py                         # a private stack; 1, 2, 4 callers, then 4x
+    .venv/bin/python loadtest/overload.py --gateway 127.0.0.1:50051 --users 2,4 --factor 4 --window 90
     make overload
 
-Closed-loop callers (no think time) call ``GatewayService/Run`` on the ``rag``
+The saturating load is found, not assumed: each of ``--users`` is measured and the one with
+the most goodput (the fewest callers on a tie) is the saturation point; the overload step
+runs ``--factor`` times as many callers. Closed-loop callers (no think time) call ``GatewayService/Run`` on the ``rag``
 pipeline with answerable questions, each with a deadline. A caller refused with
 RESOURCE_EXHAUSTED waits the ``retry-after`` the gateway sent (as a well-behaved
 client does) and tries again. Each step warms up, then measures a window:
@@ -16,7 +18,7 @@ client does) and tries again. Each step warms up, then measures a window:
   latency (the target: refused within 100 ms, not after a wait);
 - **degraded**: other canned answers a healthy stack would not give (stage
   timeouts, a backend reported unavailable), and non-OK statuses;
-- **circuits**: any circuit open when the step ends.
+- **circuits**: any circuit seen open (or half-open) during the step (``Status``, polled).
 
 The verdict compares the overloaded step with the saturating one measured in
 the same run: goodput >= 0.8x, refusals fast, admitted p99 within the p99 SLO of
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -148,10 +151,18 @@ class ClosedLoop:
                     await asyncio.sleep(0.2)
 
 
-async def open_circuits(address: str) -> list[str]:
+async def watch_circuits(address: str, seen: set[str], stop: asyncio.Event) -> None:
+    """Adds every circuit seen not closed to ``seen`` until ``stop``."""
     async with grpc.aio.insecure_channel(address) as channel:
-        status = await gateway_pb2_grpc.GatewayServiceStub(channel).Status(pb.StatusRequest(), timeout=10)
-    return sorted(c.service for c in status.circuits if c.state != "closed")
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        while not stop.is_set():
+            try:
+                status = await stub.Status(pb.StatusRequest(), timeout=5)
+                seen.update(c.service for c in status.circuits if c.state != "closed")
+            except grpc.aio.AioRpcError:
+                pass  # a busy gateway may refuse Status too; the next poll tries again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def summarize(users: int, calls: list[Call], window: tuple[float, float], circuits: list[str]) -> Step:
@@ -174,10 +185,15 @@ def summarize(users: int, calls: list[Call], window: tuple[float, float], circui
 
 async def measure(address: str, args: argparse.Namespace, users: int, questions: list[str]) -> Step:
     load = ClosedLoop(address, args.pipeline, users, args.deadline, questions)
+    circuits: set[str] = set()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_circuits(address, circuits, stop))
     began = time.monotonic()
     await load.run(args.warmup + args.window)
+    stop.set()
+    await watcher
     window = (began + args.warmup, began + args.warmup + args.window)
-    step = summarize(users, load.calls, window, await open_circuits(address))
+    step = summarize(users, load.calls, window, sorted(circuits))
     print(f"[overload] {users} callers: {step.goodput:.3f} answers/s, {step.refused} refused, "
           f"degraded {step.degraded or 0}, open circuits {step.open_circuits or 'none'}", flush=True)
     return step
@@ -186,6 +202,12 @@ async def measure(address: str, args: argparse.Namespace, users: int, questions:
 def slo_p99_ms(pipeline: str) -> float:
     slo = yaml.safe_load((HERE / "slo.yaml").read_text())
     return float(slo["targets"].get(pipeline.split("@")[0], {}).get("p99_ms", 30000))
+
+
+def saturation(steps: list[Step]) -> Step:
+    """The step with the most goodput; the fewest callers among steps within 5 % of it."""
+    best = max(s.goodput for s in steps)
+    return min((s for s in steps if s.goodput >= 0.95 * best), key=lambda s: s.users)
 
 
 def verdict(base: Step, over: Step, p99_slo_ms: float) -> list[str]:
@@ -198,12 +220,12 @@ def verdict(base: Step, over: Step, p99_slo_ms: float) -> list[str]:
     if over.admitted_p99_ms > p99_slo_ms:
         problems.append(f"admitted p99 {over.admitted_p99_ms:.0f} ms over the SLO's {p99_slo_ms:.0f} ms")
     if over.open_circuits:
-        problems.append(f"circuits open after the overload: {', '.join(over.open_circuits)}")
+        problems.append(f"circuits opened under the overload: {', '.join(over.open_circuits)}")
     return problems
 
 
-def table(steps: list[Step]) -> str:
-    base = steps[0].goodput or float("nan")
+def table(steps: list[Step], base: Step | None = None) -> str:
+    reference = (base or steps[0]).goodput or float("nan")
     lines = [
         "| callers | answered | goodput /s | vs saturation | admitted p50 / p99 ms | refused | refused p99 ms "
         "| degraded | circuits open |",
@@ -212,33 +234,38 @@ def table(steps: list[Step]) -> str:
     for s in steps:
         degraded = ", ".join(f"{k} {v}" for k, v in sorted(s.degraded.items())) or "0"
         lines.append(
-            f"| {s.users} | {s.answered} of {s.calls} | {s.goodput:.3f} | {s.goodput / base:.2f}x | "
+            f"| {s.users} | {s.answered} of {s.calls} | {s.goodput:.3f} | {s.goodput / reference:.2f}x | "
             f"{s.admitted_p50_ms:.0f} / {s.admitted_p99_ms:.0f} | {s.refused} | {s.refused_p99_ms:.0f} | "
             f"{degraded} | {', '.join(s.open_circuits) or 'none'} |"
         )
     return "\n".join(lines)
 
 
-async def run_steps(address: str, args: argparse.Namespace, questions: list[str]) -> list[Step]:
-    steps = []
-    for users in (args.users, args.users * args.factor):
-        steps.append(await measure(address, args, users, questions))
-    return steps
+async def run_steps(address: str, args: argparse.Namespace, questions: list[str]) -> tuple[list[Step], Step, Step]:
+    steps = [await measure(address, args, users, questions) for users in args.users]
+    base = saturation(steps)
+    print(f"[overload] saturation at {base.users} callers; now {base.users * args.factor}", flush=True)
+    over = await measure(address, args, base.users * args.factor, questions)
+    return [*steps, over], base, over
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateway", help="an existing gateway (host:port); default: start a private stack")
     parser.add_argument("--pipeline", default="rag", help="pipeline reference to call")
-    parser.add_argument("--users", type=int, default=4, help="the saturating number of callers")
+    parser.add_argument("--users", default="1,2,4", help="caller counts to find the saturation point among")
     parser.add_argument("--factor", type=int, default=4, help="the overload step is users x factor")
     parser.add_argument("--deadline", type=float, default=60.0, help="each call's deadline, seconds")
     parser.add_argument("--warmup", type=float, default=20.0, help="load before each window, seconds")
     parser.add_argument("--window", type=float, default=90.0, help="measured seconds per step")
     parser.add_argument("--report", type=Path, default=HERE / "reports" / "overload.json")
     args = parser.parse_args(argv)
-    if not 1 <= args.users * args.factor <= 64 or args.factor < 2:
-        parser.error("--users x --factor must be in 1..64, --factor at least 2")
+    try:
+        args.users = sorted({int(u) for u in args.users.split(",") if u.strip()})
+    except ValueError:
+        parser.error(f"--users takes caller counts, e.g. 1,2,4: {args.users!r}")
+    if not args.users or args.users[0] < 1 or args.users[-1] * args.factor > 64 or args.factor < 2:
+        parser.error("--users must be >= 1, their largest x --factor at most 64, --factor at least 2")
     questions = [
         line.strip()
         for line in (HERE / "queries" / "rag.txt").read_text().splitlines()
@@ -253,16 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         stack.wait_running(300)
     address = args.gateway or stack.gateway_address  # type: ignore[union-attr]
     try:
-        steps = asyncio.run(run_steps(address, args, questions))
+        steps, base, over = asyncio.run(run_steps(address, args, questions))
     finally:
         if stack is not None:
             print(f"[overload] stack stopped (exit {stack.stop()})", flush=True)
-    problems = verdict(steps[0], steps[1], slo_p99_ms(args.pipeline))
+    problems = verdict(base, over, slo_p99_ms(args.pipeline))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))
     print(f"\nOverload run {when} on {machine()}; pipeline {args.pipeline}, {args.deadline:g} s deadlines, "
-          f"{args.window:g} s windows after {args.warmup:g} s warm-up.\n\n{table(steps)}\n")
+          f"{args.window:g} s windows after {args.warmup:g} s warm-up; saturation at {base.users} callers.\n\n"
+          f"{table(steps, base)}\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps({"when": when, "steps": [asdict(s) for s in steps], "problems": problems},
+    args.report.write_text(json.dumps({"when": when, "saturation_users": base.users, "steps": [asdict(s) for s in steps],
+                                       "problems": problems},
                                       indent=2))
     for p in problems:
         print(f"[overload] NOT MET: {p}", file=sys.stderr)

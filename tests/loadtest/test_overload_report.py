@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtest.overload import Call, summarize, table, verdict
+from loadtest.overload import Call, saturation, summarize, table, verdict
 
 
 def call(started: float, ended: float, status: str = "OK", fallback: str = "") -> Call:
@@ -35,3 +35,8 @@ def test_the_verdict_names_each_target_missed() -> None:
                      (0.0, 20.0), [])
     assert verdict(base, held, p99_slo_ms=15_000) == []
     assert "| 16 | 9 of 10 | 0.450 | 0.90x |" in table([base, held])
+
+
+def test_saturation_is_the_fewest_callers_within_five_percent_of_the_best_goodput() -> None:
+    steps = [summarize(u, [call(0.0, 1.0)] * n, (0.0, 10.0), []) for u, n in ((1, 5), (2, 9), (4, 9), (8, 3))]
+    assert saturation(steps).users == 2

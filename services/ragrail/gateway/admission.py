@@ -26,10 +26,12 @@ from ragrail.common.errors import ResourceExhausted
 class LatencyLimit:
     """An AIMD concurrency limit steered by how long admitted runs take.
 
-    Additive increase (about one more slot per ``limit`` fast runs, and only while the limit is
-    in use), multiplicative decrease when a run is slower than ``target_s`` or ends overloaded;
-    at most one decrease per generation of runs: a run admitted before the last decrease says
-    nothing about the limit that decrease set (TCP's once-per-window rule).
+    It starts at ``floor`` and grows by one slot per fast run (slow start, as TCP's) until the
+    first slow one, then by about one slot per ``limit`` fast runs; growth needs the limit to be
+    in use. A run slower than ``target_s``, or ended overloaded, cuts it by ``backoff``, at most
+    once per generation of runs: a run admitted before the last cut says nothing about the limit
+    that cut set (TCP's once-per-window rule). Starting low matters: a cold start at the ceiling
+    would admit a burst whose timeouts open the circuits before the limit could learn.
     """
 
     def __init__(self, ceiling: int, target_s: float, floor: int = 1, backoff: float = 0.75) -> None:
@@ -37,7 +39,8 @@ class LatencyLimit:
         self.floor = min(floor, ceiling)
         self.target_s = target_s
         self.backoff = backoff
-        self.value = float(ceiling)
+        self.value = float(self.floor)
+        self._slow_start = True
         self._last_decrease = float("-inf")
 
     @property
@@ -45,12 +48,15 @@ class LatencyLimit:
         return max(self.floor, int(self.value))
 
     def record(self, started: float, latency_s: float, overloaded: bool, in_flight: int) -> None:
+        """One finished run: admitted at ``started`` (monotonic), ``in_flight`` others still running."""
         if overloaded or latency_s > self.target_s:
             if started >= self._last_decrease:
                 self.value = max(float(self.floor), self.value * self.backoff)
                 self._last_decrease = time.monotonic()
+                self._slow_start = False
         elif 2 * (in_flight + 1) >= self.slots:  # only a limit in use has earned a raise
-            self.value = min(float(self.ceiling), self.value + 1.0 / self.value)
+            step = 1.0 if self._slow_start else 1.0 / self.value
+            self.value = min(float(self.ceiling), self.value + step)
 
 
 @dataclass
@@ -89,6 +95,12 @@ class Admission:
         return self.latency_limit.slots if self.latency_limit else self.max_in_flight
 
     @property
+    def queue_bound(self) -> int:
+        """Requests that may wait: max_queue, and with a latency limit no more than its slots, so
+        a waiter is served within about one run's time instead of waiting out its deadline."""
+        return min(self.max_queue, self.latency_limit.slots) if self.latency_limit else self.max_queue
+
+    @property
     def queued(self) -> int:
         return len(self._waiters)
 
@@ -98,7 +110,7 @@ class Admission:
 
         A hint for refusing before a request is even read; ``slot`` still decides.
         """
-        return self.in_flight >= self.limit and self.queued >= self.max_queue
+        return self.in_flight >= self.limit and self.queued >= self.queue_bound
 
     def refusal(self) -> ResourceExhausted:
         return ResourceExhausted(
@@ -113,7 +125,7 @@ class Admission:
         if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
         else:
-            if self.queued >= self.max_queue:
+            if self.queued >= self.queue_bound:
                 raise self.refusal()
             if self.max_queue_wait_s is not None:
                 wait_s = min(wait_s, self.max_queue_wait_s)
