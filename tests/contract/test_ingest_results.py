@@ -28,7 +28,7 @@ def documents(n: int) -> list[pb.Document]:
 
 async def test_a_failed_document_is_reported_and_the_others_commit(gateways: GatewayFactory) -> None:
     h = await gateways([spec("rag")])
-    h.stack.retrieval.faults.succeed(1).unavailable(1)  # the second document's commit fails
+    h.stack.retrieval.faults.succeed(1).unavailable(2)  # the second document's commit fails, its retry too
 
     response = await h.stub().Ingest(pb.IngestRequest(documents=documents(3)), timeout=5)
 

@@ -12,7 +12,8 @@ from ragrail.common.errors import DeadlineExceeded, FailedPrecondition, InvalidA
 from ragrail.gateway import ingestion
 from ragrail.gateway.chunking import chunk_text
 from ragrail.gateway.ingestion import IngestDocument, Ingestor, IngestOutcome, point_id
-from tests.unit.fakes import FakeStack
+from ragrail.gateway.stages import StageRunner
+from tests.unit.fakes import FakeStack, make_runner
 
 COLLECTION = "docs"
 CHUNK_CHARS = 60
@@ -49,9 +50,12 @@ class Versions:
         return f"v{self.issued}"
 
 
-def make_ingestor(fakes: FakeStack, max_documents: int = MAX_DOCUMENTS) -> Ingestor:
+def make_ingestor(
+    fakes: FakeStack, max_documents: int = MAX_DOCUMENTS, runner: StageRunner | None = None
+) -> Ingestor:
     return Ingestor(
         fakes.backends,
+        runner=runner or make_runner(),
         collection=COLLECTION,
         chunk_chars=CHUNK_CHARS,
         overlap_chars=OVERLAP,
@@ -418,7 +422,7 @@ async def test_a_failure_mid_document_keeps_the_old_version_whole(
     async def second_batch_fails(*args: object, **kwargs: object) -> int:
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls >= 2:  # on every attempt: a retry would otherwise store it
             raise Unavailable("the retrieval service is unavailable (UNAVAILABLE)")
         return await upsert(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -432,8 +436,8 @@ async def test_a_failure_mid_document_keeps_the_old_version_whole(
 
 async def test_document_7_of_10_failing_reports_each_document(stack: FakeStack) -> None:
     documents = [IngestDocument(f"d{i}.md", PARAGRAPHS[i % len(PARAGRAPHS)]) for i in range(1, 11)]
-    # One commit per document (each is one chunk): the 7th fails.
-    stack.retrieval.faults.succeed(6).unavailable(1)
+    # One commit per document (each is one chunk): the 7th fails, its retry too.
+    stack.retrieval.faults.succeed(6).unavailable(1 + ingestion.CALL_LIMITS["ingest_commit"].retries)
 
     outcomes = await make_ingestor(stack, max_documents=10).ingest(documents, Deadline(30.0))
 
@@ -484,7 +488,7 @@ async def test_a_cancelled_ingest_leaves_nothing_behind(stack: FakeStack) -> Non
 async def test_token_chunking_asks_the_embedding_service_and_stores_its_chunks(stack: FakeStack) -> None:
     """chunking: tokens (the gateway's default) leaves the split to the embedding model's service."""
     ingestor = Ingestor(
-        stack.backends, collection=COLLECTION, chunk_chars=CHUNK_CHARS, overlap_chars=OVERLAP,
+        stack.backends, runner=make_runner(), collection=COLLECTION, chunk_chars=CHUNK_CHARS, overlap_chars=OVERLAP,
         max_documents=MAX_DOCUMENTS, max_document_chars=MAX_DOCUMENT_CHARS, chunking="tokens",
         chunk_tokens=16, overlap_tokens=0,
     )
