@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -11,8 +12,12 @@ from ragrail.common.deadline import Deadline
 from ragrail.common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from ragrail.gateway import ingestion
 from ragrail.gateway.chunking import chunk_text
-from ragrail.gateway.ingestion import IngestDocument, Ingestor, IngestOutcome, point_id
-from tests.unit.fakes import FakeStack
+from ragrail.gateway.ingestion import CALL_LIMITS, CallLimits, IngestDocument, Ingestor, IngestOutcome, point_id
+from ragrail.gateway.pipeline import FallbackReason, Pipeline, build_pipeline
+from ragrail.gateway.resilience import CircuitState
+from ragrail.gateway.specs import PipelineSpec
+from ragrail.gateway.stages import StageRunner
+from tests.unit.fakes import FakeStack, make_runner
 
 COLLECTION = "docs"
 CHUNK_CHARS = 60
@@ -49,15 +54,23 @@ class Versions:
         return f"v{self.issued}"
 
 
-def make_ingestor(fakes: FakeStack, max_documents: int = MAX_DOCUMENTS) -> Ingestor:
+def make_ingestor(
+    fakes: FakeStack,
+    max_documents: int = MAX_DOCUMENTS,
+    runner: StageRunner | None = None,
+    **limits: CallLimits,
+) -> Ingestor:
+    """``limits``: stage name -> CallLimits replacing that stage's default."""
     return Ingestor(
         fakes.backends,
+        runner=runner or make_runner(),
         collection=COLLECTION,
         chunk_chars=CHUNK_CHARS,
         overlap_chars=OVERLAP,
         max_documents=max_documents,
         max_document_chars=MAX_DOCUMENT_CHARS,
         version_factory=versions_of(fakes),
+        call_limits={**CALL_LIMITS, **limits},
     )
 
 
@@ -418,7 +431,7 @@ async def test_a_failure_mid_document_keeps_the_old_version_whole(
     async def second_batch_fails(*args: object, **kwargs: object) -> int:
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls >= 2:  # on every attempt: a retry would otherwise store it
             raise Unavailable("the retrieval service is unavailable (UNAVAILABLE)")
         return await upsert(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -432,8 +445,8 @@ async def test_a_failure_mid_document_keeps_the_old_version_whole(
 
 async def test_document_7_of_10_failing_reports_each_document(stack: FakeStack) -> None:
     documents = [IngestDocument(f"d{i}.md", PARAGRAPHS[i % len(PARAGRAPHS)]) for i in range(1, 11)]
-    # One commit per document (each is one chunk): the 7th fails.
-    stack.retrieval.faults.succeed(6).unavailable(1)
+    # One commit per document (each is one chunk): the 7th fails, its retry too.
+    stack.retrieval.faults.succeed(6).unavailable(1 + ingestion.CALL_LIMITS["ingest_commit"].retries)
 
     outcomes = await make_ingestor(stack, max_documents=10).ingest(documents, Deadline(30.0))
 
@@ -484,7 +497,7 @@ async def test_a_cancelled_ingest_leaves_nothing_behind(stack: FakeStack) -> Non
 async def test_token_chunking_asks_the_embedding_service_and_stores_its_chunks(stack: FakeStack) -> None:
     """chunking: tokens (the gateway's default) leaves the split to the embedding model's service."""
     ingestor = Ingestor(
-        stack.backends, collection=COLLECTION, chunk_chars=CHUNK_CHARS, overlap_chars=OVERLAP,
+        stack.backends, runner=make_runner(), collection=COLLECTION, chunk_chars=CHUNK_CHARS, overlap_chars=OVERLAP,
         max_documents=MAX_DOCUMENTS, max_document_chars=MAX_DOCUMENT_CHARS, chunking="tokens",
         chunk_tokens=16, overlap_tokens=0,
     )
@@ -493,3 +506,136 @@ async def test_token_chunking_asks_the_embedding_service_and_stores_its_chunks(s
     expected = await stack.embedding.chunk(LONG_TEXT, 16, 0, timeout=1)
     assert outcome.chunks_stored == len(expected) > 1
     assert [p["text"] for _, p in sorted(stored_of(stack, "doc").items())] == expected
+
+
+# --- backend calls through the pipelines' StageRunner (issue 12) --------------------------------
+
+GUIDE = IngestDocument("guide.md", LONG_TEXT)
+
+
+def query_pipeline(fakes: FakeStack, runner: StageRunner) -> Pipeline:
+    spec = PipelineSpec.model_validate(
+        {"name": "rag", "version": 1, "kind": "rag", "retrieval": {"collection": COLLECTION, "score_threshold": -1.0}}
+    )
+    return build_pipeline(spec, fakes.backends, runner)
+
+
+async def test_failing_ingests_open_the_retrieval_circuit_that_queries_see(stack: FakeStack) -> None:
+    runner = make_runner(failure_threshold=2, cooldown_s=60)
+    stack.retrieval.faults.unavailable()  # the commit, then its retry
+
+    with pytest.raises(Unavailable):
+        await make_ingestor(stack, runner=runner).ingest([GUIDE], Deadline(30.0))
+
+    assert runner.breaker("retrieval").state is CircuitState.OPEN
+    stack.retrieval.faults.clear()
+    result = await query_pipeline(stack, runner).run("Who founded Northwind Rail?", Deadline(30.0))
+    assert result.fallback_reason is FallbackReason.BACKEND_UNAVAILABLE and result.failed_stage == "retrieve"
+    assert stack.retrieval.searches == []  # the open circuit answered, not the service
+
+
+async def test_with_the_retrieval_circuit_open_an_ingest_fails_at_once_without_embedding(stack: FakeStack) -> None:
+    runner = make_runner(failure_threshold=2, cooldown_s=60)
+    stack.retrieval.faults.unavailable()
+    await query_pipeline(stack, runner).run("Who founded Northwind Rail?", Deadline(30.0))  # a query opens it
+    assert runner.breaker("retrieval").state is CircuitState.OPEN
+    stack.retrieval.faults.hang()  # were it called, the ingest would wait for its deadline
+    embedded, moderated = len(stack.embedding.calls), len(stack.moderation.calls)
+
+    start = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await asyncio.wait_for(make_ingestor(stack, runner=runner).ingest([GUIDE], Deadline(30.0)), 5)
+
+    assert time.monotonic() - start < 1.0
+    assert "circuit for retrieval is open" in info.value.message
+    assert (len(stack.embedding.calls), len(stack.moderation.calls)) == (embedded, moderated)
+    assert stack.retrieval.faults.hanging == 0
+
+
+async def test_a_commit_that_fails_once_is_retried_and_commits(stack: FakeStack) -> None:
+    stack.retrieval.faults.unavailable(1)
+
+    [outcome] = await ingest(stack, GUIDE)
+
+    assert outcome.committed and stack.retrieval.faults.attempts == 2
+    assert visible_versions(stack, "guide.md") == {"v1": chunks_of(LONG_TEXT)}
+
+
+async def test_an_upsert_that_fails_once_is_retried_without_duplicating_points(
+    stack: FakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingestion, "UPSERT_BATCH", 2)
+    upsert = stack.retrieval.upsert
+    calls = 0
+
+    async def second_call_fails(*args: object, **kwargs: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Unavailable("the retrieval service is unavailable (UNAVAILABLE)")
+        return await upsert(*args, **kwargs)  # type: ignore[arg-type]
+
+    stack.retrieval.upsert = second_call_fails  # type: ignore[method-assign]
+    [outcome] = await ingest(stack, GUIDE)
+
+    assert outcome.committed and outcome.chunks_stored == len(chunks_of(LONG_TEXT))
+    assert visible_versions(stack, "guide.md") == {"v1": chunks_of(LONG_TEXT)}
+    assert await count(stack) == len(chunks_of(LONG_TEXT))  # same point ids: rewritten, not added
+
+
+async def test_each_call_gets_its_own_timeout_within_the_deadline(stack: FakeStack) -> None:
+    seen: list[float] = []
+    commit = stack.retrieval.commit_document
+
+    async def recording_commit(*args: object) -> int:
+        seen.append(float(args[-1]))  # type: ignore[arg-type]
+        return await commit(*args)  # type: ignore[arg-type]
+
+    stack.retrieval.commit_document = recording_commit  # type: ignore[method-assign]
+    await make_ingestor(stack, ingest_commit=CallLimits(0.5)).ingest([GUIDE], Deadline(30.0))
+    await make_ingestor(stack, ingest_commit=CallLimits(60.0)).ingest([GUIDE], Deadline(0.3))
+
+    assert 0 < seen[0] <= 0.5  # its own limit, far inside the deadline
+    assert 0 < seen[1] <= 0.3  # the deadline, far inside its own limit
+
+
+async def test_a_hung_commit_fails_at_the_deadline_without_counting_against_the_service(stack: FakeStack) -> None:
+    runner = make_runner(failure_threshold=1)
+    stack.retrieval.faults.hang()
+    ingestor = make_ingestor(stack, runner=runner, ingest_commit=CallLimits(60.0))
+
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(ingestor.ingest([GUIDE], Deadline(0.3)), 5)
+
+    assert time.monotonic() - start < 2.0
+    # Cut short by the request's deadline: that says nothing about the service.
+    assert runner.breaker("retrieval").state is CircuitState.CLOSED
+    stack.retrieval.faults.clear()
+    stack.retrieval.faults.release()
+    assert await count(stack) == 0  # the staged version was discarded
+
+
+async def test_a_hung_commit_fails_at_its_own_timeout_and_counts_against_the_service(stack: FakeStack) -> None:
+    runner = make_runner(failure_threshold=1, cooldown_s=60)
+    stack.retrieval.faults.hang()
+    ingestor = make_ingestor(stack, runner=runner, ingest_commit=CallLimits(0.1, retries=1))
+
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="ingest_commit"):
+        await asyncio.wait_for(ingestor.ingest([GUIDE], Deadline(30.0)), 5)
+
+    assert time.monotonic() - start < 2.0
+    assert runner.breaker("retrieval").state is CircuitState.OPEN  # a timeout is not retried, but counted
+    stack.retrieval.faults.clear()
+    stack.retrieval.faults.release()
+
+
+async def test_outcomes_carry_the_time_spent_per_stage(stack: FakeStack) -> None:
+    stack.retrieval.faults.succeed(1).unavailable(2)  # the second document's commit, and its retry
+
+    [committed, failed] = await ingest(stack, GUIDE, IngestDocument("other.md", SHORT_TEXT))
+
+    assert committed.timings.keys() == {"ingest_moderate", "ingest_embed", "ingest_stage", "ingest_commit"}
+    assert all(seconds >= 0 for seconds in committed.timings.values())
+    assert not failed.committed and "ingest_discard" in failed.timings

@@ -16,6 +16,11 @@ with FAILED_PRECONDITION for that document (retry). Details in docs/reliability.
 
 A multi-document call reports each document: committed, or failed with its status (the
 others still go ahead); see ``IngestOutcome``.
+
+Every backend call goes through the gateway's ``StageRunner``, as a pipeline stage's does:
+its own timeout inside the request's deadline, retries on UNAVAILABLE within the shared
+budget, and the same circuit breaker per service as the pipelines, so a retrieval service
+that fails ingests also fails queries fast, and the other way round (``CALL_LIMITS``).
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import CollectionMissing, RagrailError, require
 from ragrail.gateway.backends import Backends, StoredChunk
 from ragrail.gateway.chunking import chunk_text
+from ragrail.gateway.stages import StageFailure, StageRunner
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Fixed namespace: ids must be identical across runs and machines.
 _POINT_NAMESPACE = uuid.UUID("6f1c1e36-7a51-4a4c-9d55-2b7d3f0e8a11")
@@ -47,6 +54,32 @@ MAX_DOCUMENT_ID_CHARS = 512
 MAX_SOURCE_CHARS = 1024
 # Cleaning up a failed version gets its own short budget: the caller's may be spent.
 DISCARD_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """One kind of ingestion call: its per-attempt timeout (the deadline bounds it too) and
+    extra attempts on UNAVAILABLE."""
+
+    timeout_s: float
+    retries: int = 1  # a pipeline stage's default
+
+
+# Stage names (timings, spans, error messages) and limits of every backend call. Each may be
+# retried: chunk, moderate and embed only read; a staged version's point ids come from
+# (document, version, index), so upserting a batch again rewrites the same points; commit
+# and discard of one version converge to the same state however often they run.
+# Timeouts are generous: they only catch a backend that hangs, and an upsert may build the
+# HNSW index (~10 s per 10k points on 2 loaded cores, docs/retrieval.md).
+CALL_LIMITS: Mapping[str, CallLimits] = {
+    "ingest_chunk": CallLimits(30.0),
+    "ingest_moderate": CallLimits(60.0),
+    "ingest_embed": CallLimits(60.0),
+    "ingest_collection": CallLimits(30.0),
+    "ingest_stage": CallLimits(180.0),
+    "ingest_commit": CallLimits(60.0),
+    "ingest_discard": CallLimits(DISCARD_TIMEOUT_S),
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +96,8 @@ class IngestOutcome:
     chunks_dropped: int
     # Set when the document failed: nothing of its new version is visible.
     error: RagrailError | None = None
+    # Seconds per ingestion stage (summed over batches and retries), as a pipeline run's.
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def committed(self) -> bool:
@@ -112,6 +147,7 @@ class Ingestor:
         self,
         backends: Backends,
         *,
+        runner: StageRunner,
         collection: str,
         chunk_chars: int,
         overlap_chars: int,
@@ -121,11 +157,15 @@ class Ingestor:
         chunking: Literal["tokens", "chars"] = "chars",
         chunk_tokens: int = 200,
         overlap_tokens: int = 32,
+        call_limits: Mapping[str, CallLimits] = CALL_LIMITS,
     ) -> None:
         """``chunking``: "tokens" asks the embedding service to split each document in its
         model's tokens along the document's structure (no chunk past the model's window);
-        "chars" splits here by characters, as before."""
+        "chars" splits here by characters, as before. ``runner``: the gateway's, shared with
+        the pipelines (one breaker per service)."""
         self.backends = backends
+        self.runner = runner
+        self.call_limits = call_limits
         self.collection = collection
         self.chunk_chars = chunk_chars
         self.overlap_chars = overlap_chars
@@ -164,21 +204,25 @@ class Ingestor:
         return outcomes
 
     async def _ingest_serialized(self, doc: IngestDocument, deadline: Deadline) -> IngestOutcome:
+        timings: dict[str, float] = {}
         async with self.locks.hold(doc.document_id):
             try:
-                return await self._ingest_one(doc, deadline)
+                return await self._ingest_one(doc, _Calls(self, deadline, timings))
             except RagrailError as error:
                 log.warning("ingest of %r failed: %s", doc.document_id, error.message)
-                return IngestOutcome(doc.document_id, 0, 0, error)
+                return IngestOutcome(doc.document_id, 0, 0, error, timings)
 
-    async def _ingest_one(self, doc: IngestDocument, deadline: Deadline) -> IngestOutcome:
-        chunks = await self._chunks(doc.text, deadline)
-        kept = await self._drop_toxic(chunks, deadline)
+    async def _ingest_one(self, doc: IngestDocument, calls: _Calls) -> IngestOutcome:
+        # Every version ends in the retrieval service: with its circuit open, embedding
+        # a document would be work thrown away.
+        calls.refuse_if_open("ingest_stage", "retrieval")
+        chunks = await self._chunks(doc.text, calls)
+        kept = await self._drop_toxic(chunks, calls)
         version = self.new_version()
         stored: list[StoredChunk] = []
         for start in range(0, len(kept), EMBED_BATCH):
             batch = kept[start : start + EMBED_BATCH]
-            vectors = await self.backends.embedding.embed(batch, deadline.timeout("embed"))
+            vectors = await calls("ingest_embed", "embedding", lambda t: self.backends.embedding.embed(batch, t))
             stored.extend(
                 StoredChunk(
                     id=point_id(doc.document_id, position, version),
@@ -196,58 +240,98 @@ class Ingestor:
                 for position, (text, vector) in enumerate(zip(batch, vectors, strict=True), start)
             )
         try:
-            await self._stage(stored, deadline)
-            await self._commit(doc.document_id, version, len(stored), deadline)
+            await self._stage(stored, calls)
+            await self._commit(doc.document_id, version, len(stored), calls)
         except BaseException:
             # Cancelled (the caller left) too: the version must not linger, even invisibly.
-            await self._discard(doc.document_id, version)
+            await self._discard(doc.document_id, version, calls)
             raise
-        return IngestOutcome(doc.document_id, len(stored), len(chunks) - len(kept))
+        return IngestOutcome(doc.document_id, len(stored), len(chunks) - len(kept), timings=calls.timings)
 
-    async def _chunks(self, text: str, deadline: Deadline) -> list[str]:
+    async def _chunks(self, text: str, calls: _Calls) -> list[str]:
         if self.chunking == "chars":
             return chunk_text(text, self.chunk_chars, self.overlap_chars)
-        return await self.backends.embedding.chunk(text, self.chunk_tokens, self.overlap_tokens, deadline.timeout("chunk"))
+        return await calls(
+            "ingest_chunk", "embedding",
+            lambda t: self.backends.embedding.chunk(text, self.chunk_tokens, self.overlap_tokens, t),
+        )
 
-    async def _stage(self, stored: list[StoredChunk], deadline: Deadline) -> None:
+    async def _stage(self, stored: list[StoredChunk], calls: _Calls) -> None:
         for start in range(0, len(stored), UPSERT_BATCH):
-            batch = stored[start : start + UPSERT_BATCH]
-            try:
-                await self.backends.retrieval.upsert(self.collection, batch, deadline.timeout("upsert"))
-            except CollectionMissing:
-                # Deleted while serving (collections are otherwise made only at startup):
-                # recreate it with these vectors' dimension rather than fail every ingest.
-                log.warning("collection %s is missing; recreating it", self.collection)
-                await self.backends.retrieval.ensure_collection(
-                    self.collection, len(batch[0].vector), deadline.timeout("collection")
-                )
-                await self.backends.retrieval.upsert(self.collection, batch, deadline.timeout("upsert"))
+            await self._upsert(stored[start : start + UPSERT_BATCH], calls)
 
-    async def _commit(self, document_id: str, version: str, points: int, deadline: Deadline) -> None:
+    async def _upsert(self, batch: list[StoredChunk], calls: _Calls) -> None:
+        retrieval = self.backends.retrieval
         try:
-            await self.backends.retrieval.commit_document(
-                self.collection, document_id, version, points, deadline.timeout("commit")
+            await calls("ingest_stage", "retrieval", lambda t: retrieval.upsert(self.collection, batch, t))
+        except CollectionMissing:
+            # Deleted while serving (collections are otherwise made only at startup):
+            # recreate it with these vectors' dimension rather than fail every ingest.
+            log.warning("collection %s is missing; recreating it", self.collection)
+            dimension = len(batch[0].vector)
+            await calls(
+                "ingest_collection", "retrieval", lambda t: retrieval.ensure_collection(self.collection, dimension, t)
+            )
+            await calls("ingest_stage", "retrieval", lambda t: retrieval.upsert(self.collection, batch, t))
+
+    async def _commit(self, document_id: str, version: str, points: int, calls: _Calls) -> None:
+        try:
+            await calls(
+                "ingest_commit", "retrieval",
+                lambda t: self.backends.retrieval.commit_document(self.collection, document_id, version, points, t),
             )
         except CollectionMissing:
             if points:
                 raise
             # Every chunk was dropped and there is no collection: nothing to replace.
 
-    async def _discard(self, document_id: str, version: str) -> None:
+    async def _discard(self, document_id: str, version: str, calls: _Calls) -> None:
+        # Its own deadline: the request's may be what ran out.
+        cleanup = _Calls(self, Deadline(DISCARD_TIMEOUT_S), calls.timings)
         try:
-            await self.backends.retrieval.discard_document_version(
-                self.collection, document_id, version, DISCARD_TIMEOUT_S
+            await cleanup(
+                "ingest_discard", "retrieval",
+                lambda t: self.backends.retrieval.discard_document_version(self.collection, document_id, version, t),
             )
         except (RagrailError, asyncio.CancelledError) as error:
             # Staged points stay invisible; the next commit of this document deletes them.
             log.warning("could not discard version %s of %r: %s", version, document_id, error)
 
-    async def _drop_toxic(self, chunks: list[str], deadline: Deadline) -> list[str]:
+    async def _drop_toxic(self, chunks: list[str], calls: _Calls) -> list[str]:
         kept: list[str] = []
         for start in range(0, len(chunks), MODERATION_BATCH):
             batch = chunks[start : start + MODERATION_BATCH]
-            verdicts = await self.backends.moderation.moderate(
-                batch, ("toxicity",), deadline.timeout("moderate")
+            verdicts = await calls(
+                "ingest_moderate", "moderation",
+                lambda t: self.backends.moderation.moderate(batch, ("toxicity",), t),
             )
             kept.extend(text for text, v in zip(batch, verdicts, strict=True) if not v.flagged)
         return kept
+
+
+class _Calls:
+    """One document's backend calls: through the shared runner, under the request's deadline,
+    timed into ``timings``. A stage failure becomes the status the caller gets."""
+
+    def __init__(self, ingestor: Ingestor, deadline: Deadline, timings: dict[str, float]) -> None:
+        self.runner = ingestor.runner
+        self.names = ingestor.backends.names
+        self.limits = ingestor.call_limits
+        self.deadline = deadline
+        self.timings = timings
+
+    async def __call__(self, stage: str, service: str, fn: Callable[[float], Awaitable[T]]) -> T:
+        limits = self.limits[stage]
+        try:
+            return await self.runner.run(
+                stage, self.names[service], fn, timeout_s=limits.timeout_s, retries=limits.retries,
+                deadline=self.deadline, timings=self.timings,
+            )
+        except StageFailure as failure:
+            raise failure.as_error() from None
+
+    def refuse_if_open(self, stage: str, service: str) -> None:
+        try:
+            self.runner.refuse_if_open(stage, self.names[service])
+        except StageFailure as failure:
+            raise failure.as_error() from None

@@ -197,6 +197,7 @@ def build_gateway(
     default_backends = (backends_for or grpc_backends_for)(PipelineSpec(name="default", version=1, kind="rag"))
     ingestor = Ingestor(
         default_backends,
+        runner=runner,  # the pipelines' breakers: one circuit per service for queries and ingests
         collection=g.collection,
         chunk_chars=g.chunk_chars,
         overlap_chars=g.chunk_overlap_chars,

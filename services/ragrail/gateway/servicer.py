@@ -38,6 +38,8 @@ _REASONS = {None: pb.FALLBACK_REASON_UNSPECIFIED} | {
 }
 _MODES: dict[AnswerMode, Any] = {mode: pb.AnswerMode.Value(f"ANSWER_MODE_{mode.name}") for mode in AnswerMode}
 INGEST_BUDGET_S = 600.0
+# The pipeline label of ingestion's stage timings: no spec can have this name (specs.NAME).
+INGEST_METRICS_PIPELINE = "(ingest)"
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
 # Runs that ended this way tell a latency-steered admission limit to shrink.
 OVERLOADED = frozenset({FallbackReason.STAGE_TIMEOUT, FallbackReason.OVERLOAD})
@@ -187,6 +189,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         for o in outcomes:
             self.metrics.ingested_chunks.labels("stored").inc(o.chunks_stored)
             self.metrics.ingested_chunks.labels("dropped").inc(o.chunks_dropped)
+            for stage, seconds in o.timings.items():
+                self.metrics.stage_duration.labels(INGEST_METRICS_PIPELINE, "", stage).observe(seconds)
         return pb.IngestResponse(documents=[document_result_to_pb(o) for o in outcomes])
 
     @grpc_method(pb.FeedbackResponse)

@@ -59,6 +59,8 @@ class _Strict(BaseModel):
 
 
 class StageSpec(_Strict):
+    """A stage call's limits (kind shorthand: the embedding section)."""
+
     timeout_s: float = Field(5.0, gt=0, le=600, description="per-attempt timeout inside the overall deadline")
     retries: int = Field(1, ge=0, le=3, description="extra attempts on UNAVAILABLE (idempotent stages only)")
 
@@ -81,6 +83,8 @@ class Sampling(_Strict):
 
 
 class LabelledExample(_Strict):
+    """One few-shot turn of a classify stage: a text and the label it should get."""
+
     text: str = Field(min_length=1, description="an input text")
     label: str = Field(min_length=1, description="its label (one of the stage's labels)")
 
@@ -157,7 +161,7 @@ class RetrieveStage(_Stage, StageSpec):
     top_k: int = Field(4, ge=1, le=50, description="passages to retrieve")
     score_threshold: float = Field(0.35, ge=-1, le=1, description="cosine similarity below which a passage is ignored")
     filters: dict[str, FilterValue] = Field(
-        default_factory=dict, description="payload conditions every passage must meet: key -> exact keyword, "
+        {}, description="payload conditions every passage must meet: key -> exact keyword, "
         "integer or boolean, or a list of accepted keywords"
     )
     hybrid: bool = Field(
@@ -279,6 +283,8 @@ Stage = Annotated[
 
 
 class ModerationSpec(StageSpec):
+    """Kind shorthand (deprecated): the moderate stages of a ``kind:`` spec."""
+
     input: bool = Field(True, description="moderate the query (toxicity, prompt injection)")
     output: bool = Field(True, description="moderate the answer (toxicity, personal data)")
     stream_window_chars: int = Field(
@@ -288,16 +294,22 @@ class ModerationSpec(StageSpec):
 
 
 class RetrievalSpec(StageSpec):
+    """Kind shorthand (deprecated): the retrieve stage of ``kind: rag``."""
+
     collection: str = Field("documents", description="Qdrant collection to search")
     top_k: int = Field(4, ge=1, le=50, description="passages to retrieve")
     score_threshold: float = Field(0.35, ge=-1, le=1, description="cosine similarity below which a passage is ignored")
 
 
 class GenerationSpec(Sampling):
+    """Kind shorthand (deprecated): the generate stage of a ``kind:`` spec."""
+
     system_prompt: str = Field(DEFAULT_RAG_PROMPT, min_length=1, description="the system turn")
 
 
 class ClassifySpec(GenerationSpec):
+    """Kind shorthand (deprecated): the classify stage of ``kind: summarize_sentiment``."""
+
     max_new_tokens: int = Field(6, ge=1, le=32, description="a label is a word or two")
     labels: tuple[str, ...] = Field(("positive", "negative", "neutral"), min_length=2, description="allowed labels")
     system_prompt: str = Field(DEFAULT_CLASSIFY_PROMPT, min_length=1, description="the system turn")
@@ -382,11 +394,16 @@ class Fallbacks(_Strict):
 
 
 class CacheSpec(_Strict):
+    """The version's response cache: answers, and canned answers that depend only on the input
+    (flagged, retrieval miss, ungrounded); never a timeout's or an outage's."""
+
     ttl_s: float = Field(0.0, ge=0, description="0 disables; keyed by (pipeline@version, normalised input)")
     max_entries: int = Field(1024, ge=1, description="entries kept at most")
 
 
 class AdmissionSpec(_Strict):
+    """The version's own concurrency limits, inside the gateway's admission classes."""
+
     max_in_flight: int = Field(8, ge=1, description="requests of this pipeline processed at once (the most, "
                                "with target_latency_s)")
     max_queue: int = Field(32, ge=0, description="requests waiting beyond that; more get RESOURCE_EXHAUSTED")

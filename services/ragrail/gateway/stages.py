@@ -21,7 +21,7 @@ from typing import TypeVar
 from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import DeadlineExceeded, RagrailError, ResourceExhausted, Unavailable
-from ragrail.gateway.resilience import CircuitBreaker, RetryBudget, backoff_s
+from ragrail.gateway.resilience import CircuitBreaker, CircuitState, RetryBudget, backoff_s
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,9 +36,16 @@ class StageFailure(Exception):
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
 
+    def as_error(self) -> RagrailError:
+        """The status for a caller that gets no canned answer (ingestion)."""
+        return Unavailable(str(self))
+
 
 class StageTimeout(StageFailure):
     reason = "stage_timeout"
+
+    def as_error(self) -> RagrailError:
+        return DeadlineExceeded(str(self))
 
 
 class BackendUnavailable(StageFailure):
@@ -47,6 +54,13 @@ class BackendUnavailable(StageFailure):
 
 class BackendOverloaded(StageFailure):
     reason = "overload"
+
+    def __init__(self, stage: str, detail: str, retry_after_s: float | None = None) -> None:
+        super().__init__(stage, detail)
+        self.retry_after_s = retry_after_s
+
+    def as_error(self) -> RagrailError:
+        return ResourceExhausted(str(self), self.retry_after_s)
 
 
 def timeout_error(stage: str, detail: str, deadline: Deadline) -> Exception:
@@ -78,6 +92,12 @@ class StageRunner:
         if backend not in self.breakers:
             self.breakers[backend] = self._breaker_factory(backend)
         return self.breakers[backend]
+
+    def refuse_if_open(self, stage: str, backend: str) -> None:
+        """Fails now when ``backend``'s circuit is open (takes no half-open probe): for work
+        that is wasted unless a later call to ``backend`` goes through."""
+        if self.breaker(backend).state is CircuitState.OPEN:
+            raise BackendUnavailable(stage, f"circuit for {backend} is open")
 
     def timeout(self, stage: str, stage_timeout_s: float, deadline: Deadline) -> float:
         """The smaller of the stage's own timeout and what is left of the deadline."""
@@ -219,7 +239,7 @@ class StageRunner:
             return BackendUnavailable(stage, exc.message)
         if isinstance(exc, ResourceExhausted):
             breaker.abandon_probe()  # busy, not down: neither healthy nor failed
-            return BackendOverloaded(stage, exc.message)
+            return BackendOverloaded(stage, exc.message, exc.retry_after_s)
         if isinstance(exc, RagrailError):
             breaker.record_success()  # it answered: the caller's input was the problem
         else:
