@@ -28,8 +28,10 @@ STRICT_MODULES = [
     "services/ragrail/common/interceptors.py",
     "services/ragrail/gateway/admission.py",
     "services/ragrail/gateway/auth.py",
+    "services/ragrail/gateway/feedback.py",
     "services/ragrail/gateway/interceptors.py",
     "services/ragrail/gateway/resilience.py",
+    "services/ragrail/gateway/sqldb.py",
 ]
 
 
