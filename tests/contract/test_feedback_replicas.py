@@ -8,6 +8,7 @@ rated through gateway B, and the row B stored must name the version A answered w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,29 @@ async def test_the_per_key_limit_counts_ratings_on_every_replica(
     # Another key still may.
     await b.stub().Feedback(pb.FeedbackRequest(request_id="r1", rating=3), metadata=as_key("bravo"), timeout=5)
     assert [row[3] for row in stored_rows(store_url)] == ["alpha", "alpha", "bravo"]
+
+
+async def test_each_replica_sweeps_expired_attributions(
+    gateways: GatewayFactory, tmp_path: Path, store_url: str
+) -> None:
+    # Attributions kept 1.8 s, swept every 50 ms: the gateway's own sweep task must empty the table.
+    a, _ = await two_replicas(gateways, tmp_path, store_url, attribution_hours=0.0005, sweep_interval_s=0.05)
+    answer = await a.stub().Run(pb.RunRequest(pipeline="rag", query=QUERY), metadata=as_key("alpha"), timeout=5)
+    assert answered_ids(store_url) == [answer.request_id]
+    deadline = asyncio.get_running_loop().time() + 20
+    while answered_ids(store_url):
+        assert asyncio.get_running_loop().time() < deadline, "no sweep deleted the expired attribution"
+        await asyncio.sleep(0.05)  # polling interval
+    rated = await a.stub().Feedback(
+        pb.FeedbackRequest(request_id=answer.request_id, rating=2), metadata=as_key("alpha"), timeout=5
+    )
+    assert not rated.matched_request
+
+
+def answered_ids(url: str) -> list[str]:
+    db = open_database(url)
+    try:
+        with db.transaction() as tx:
+            return [row[0] for row in tx.execute("SELECT request_id FROM answers")]
+    finally:
+        db.close()

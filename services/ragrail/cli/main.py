@@ -728,7 +728,8 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
     if args.json:
         _emit(_message_json(r))
         return 0
-    print("recorded" + ("" if r.matched_request else " (request id not known to this gateway)"))
+    # Unmatched: an unknown or expired request id, or one answered for another API key.
+    print("recorded" + ("" if r.matched_request else " (unattributed: request id not answered recently for this key)"))
     return 0
 
 
