@@ -67,3 +67,17 @@ def test_an_unreachable_server_is_unavailable_with_the_password_hidden(postgres_
     with pytest.raises(Unavailable) as info:
         FeedbackStore(url, settings=FeedbackSettings(connect_timeout_s=1.0))
     assert "hunter2" not in info.value.message and "app:***@" in info.value.message
+
+
+def test_the_urls_own_server_options_are_kept_beside_the_statement_timeout(store_target: str) -> None:
+    import psycopg
+
+    with psycopg.connect(store_target, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA ragrail_feedback")
+    store = FeedbackStore(f"{store_target}?options=-csearch_path%3Dragrail_feedback")
+    store.close()
+    with psycopg.connect(store_target) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'ragrail_feedback'"
+        ).fetchall()
+    assert {"feedback", "answers", "schema_version"} <= {t for (t,) in tables}

@@ -186,3 +186,6 @@ def test_a_urls_password_never_reaches_a_message() -> None:
     assert redact("postgresql://app:s3cret@db:5432/ragrail") == "postgresql://app:***@db:5432/ragrail"
     assert redact("postgresql://app@db/ragrail") == "postgresql://app@db/ragrail"
     assert redact("/var/lib/feedback.sqlite3") == "/var/lib/feedback.sqlite3"
+    assert redact("postgresql://db/x?user=app&password=s3cret&sslmode=require") == (
+        "postgresql://db/x?user=app&password=***&sslmode=require"
+    )

@@ -14,6 +14,7 @@ down for now, and the call may be retried.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -82,12 +83,16 @@ def open_database(
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (in the user part or a ``password=`` parameter), for messages and logs."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in userinfo:
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 class _SqliteTransaction:
@@ -168,17 +173,20 @@ class PostgresDatabase:
     dialect = POSTGRES
 
     def __init__(self, url: str, *, pool_size: int, statement_timeout_s: float, connect_timeout_s: float) -> None:
-        from psycopg_pool import ConnectionPool  # only a PostgreSQL store needs the driver
+        from psycopg.conninfo import conninfo_to_dict  # only a PostgreSQL store needs the driver
+        from psycopg_pool import ConnectionPool
 
         self.url = redact(url)
         timeout_ms = max(1, int(statement_timeout_s * 1000))
+        # Added to the URL's own server options (a search_path, say), which a bare kwarg would replace.
+        options = f"{conninfo_to_dict(url).get('options', '')} -c statement_timeout={timeout_ms}".strip()
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             timeout=statement_timeout_s,  # the longest wait for a free connection
             kwargs={
-                "options": f"-c statement_timeout={timeout_ms}",
+                "options": options,
                 "connect_timeout": max(1, int(connect_timeout_s)),
                 "application_name": "ragrail-gateway",
             },
