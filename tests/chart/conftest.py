@@ -92,9 +92,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "external-qdrant": {
         "qdrant": {"enabled": False},
         "externalQdrant": {"url": "https://qdrant.example.internal:6333", "apiKey": "s3cr3t"},
-        "config": {"retrieval": {"deployment": {
-            "num_replicas": None,
-            "autoscaling_config": {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 16}}}},
+        # The other external store: feedback in a PostgreSQL database whose URL is in a Secret.
+        "gateway": {"feedback": {"database": {"existingSecret": "ragrail-feedback-db", "key": "url"}}},
+        "config": {
+            "retrieval": {"deployment": {
+                "num_replicas": None,
+                "autoscaling_config": {"min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": 16}}},
+            "gateway": {"feedback": {"retention_days": 30, "per_key_limit": 100, "pool_size": 2}},
+        },
     },
     "tls": {
         "gateway": {

@@ -480,6 +480,33 @@ def test_external_qdrant_url_and_api_key_secret(rendered: Render) -> None:
     assert _ray_env(existing)["RAGRAIL_QDRANT_API_KEY"] == {"secretKeyRef": {"name": "my-qdrant", "key": "key"}}
 
 
+def test_feedback_database_url_comes_from_an_existing_secret(rendered: Render) -> None:
+    from ragrail.cli.main import FEEDBACK_URL_ENV
+
+    r = rendered("external-qdrant")
+    env = _env(_containers(_gateway_pod(r)["spec"])["gateway"])
+    assert env[FEEDBACK_URL_ENV] == {"secretKeyRef": {"name": "ragrail-feedback-db", "key": "url"}}
+    assert r.config["gateway"]["feedback"] == {"retention_days": 30, "per_key_limit": 100, "pool_size": 2}
+    assert "url" not in r.config["gateway"]["feedback"]  # the URL (a password) is in no ConfigMap
+    assert "feedback is stored per gateway pod" not in r.notes
+    # By default: SQLite per pod, no variable, and the notes say what that costs with 2+ replicas.
+    default = rendered("default")
+    assert FEEDBACK_URL_ENV not in _env(_containers(_gateway_pod(default)["spec"])["gateway"])
+    assert "feedback is stored per gateway pod" in default.notes
+    assert "feedback is stored per gateway pod" not in rendered("cpu-embedded").notes  # one replica
+
+
+def test_feedback_values_are_checked_by_the_schema() -> None:
+    import helm_python
+
+    from tests.chart.conftest import CHART
+
+    with helm_python.Chart.load(CHART) as chart, pytest.raises(Exception, match="(?i)feedback|additional"):
+        chart.validate_schema({"gateway": {"feedback": {"database": {"secretName": "typo"}}}})
+    with helm_python.Chart.load(CHART) as chart, pytest.raises(Exception, match="(?i)retention_days|minimum|exclusive"):
+        chart.validate_schema({"config": {"gateway": {"feedback": {"retention_days": 0}}}})
+
+
 def test_embedded_qdrant_is_flagged_in_notes(rendered: Render) -> None:
     r = rendered("cpu-embedded")
     assert "qdrant_url" not in r.config["retrieval"]

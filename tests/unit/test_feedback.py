@@ -59,18 +59,52 @@ def test_persists_across_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_uses_wal_and_schema_has_index(tmp_path: Path) -> None:
+def test_uses_wal_and_schema_is_versioned(tmp_path: Path) -> None:
     path = tmp_path / "fb.sqlite3"
     FeedbackStore(path).close()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        indexes = conn.execute("PRAGMA index_list(feedback)").fetchall()
-        [index_name] = [row[1] for row in indexes]
-        columns = [row[2] for row in conn.execute(f"PRAGMA index_info({index_name})")]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(feedback)")}
+        assert {"feedback_pipeline_version", "feedback_principal_created", "feedback_created"} <= indexes
+        columns = [row[2] for row in conn.execute("PRAGMA index_info(feedback_pipeline_version)")]
         assert columns == ["pipeline", "pipeline_version"]
     finally:
         conn.close()
+
+
+def test_a_file_from_before_versioning_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(  # the schema gateways wrote before schema_version existed
+        "CREATE TABLE feedback (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, pipeline TEXT,"
+        " pipeline_version INTEGER, rating INTEGER NOT NULL, comment TEXT, created_at REAL NOT NULL)"
+    )
+    conn.execute("INSERT INTO feedback VALUES (1, 'old', 'rag', 1, 5, NULL, 10.0)")
+    conn.commit()
+    conn.close()
+
+    with FeedbackStore(path, clock=lambda: 20.0) as store:
+        assert store.schema_version == 2
+        store.record("new", "rag", 1, 3, principal="alpha")
+        assert store.summary() == [FeedbackSummary("rag", 1, 2, 4.0)]
+    with FeedbackStore(path) as again:  # reopening migrates nothing twice
+        assert again.schema_version == 2
+    assert [r[0] for r in _rows(path)] == ["old", "new"]
+
+
+def test_an_unknown_url_scheme_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="unsupported URL scheme"):
+        FeedbackStore("mysql://user:secret@db/feedback")
+
+
+def test_sqlite_urls_name_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "via-url.sqlite3"
+    with FeedbackStore(f"sqlite:///{path}") as store:
+        assert store.backend == "sqlite"
+        store.record("req-1", "rag", 1, 4)
+    assert len(_rows(path)) == 1
 
 
 def test_writes_are_visible_to_other_connections_immediately(tmp_path: Path) -> None:

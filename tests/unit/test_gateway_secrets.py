@@ -38,7 +38,26 @@ def test_a_prompt_tag_secret_in_the_config_wins(tmp_path: Path, monkeypatch: pyt
     assert _gateway_settings(args).gateway.prompt_tag_secret == "in-config"
 
 
+def test_the_feedback_url_comes_from_the_environment_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragrail.cli.main import FEEDBACK_URL_ENV, _gateway_settings
+
+    args = _args(tmp_path)
+    monkeypatch.delenv(FEEDBACK_URL_ENV, raising=False)
+    settings = _gateway_settings(args)
+    assert settings.gateway.feedback.url is None
+    assert settings.feedback_target == str(settings.feedback_path)  # SQLite, the local default
+    monkeypatch.setenv(FEEDBACK_URL_ENV, "postgresql://app@db/ragrail")
+    settings = _gateway_settings(args)
+    assert settings.feedback_target == "postgresql://app@db/ragrail"
+    assert settings.gateway.port == 0  # the rest of the config is kept
+    Path(args.config).write_text(yaml.safe_dump({"gateway": {"feedback": {"url": "postgresql://cfg@db/x"}}}))
+    assert _gateway_settings(args).feedback_target == "postgresql://cfg@db/x"
+
+
 def _keys(path: Path, *names: str) -> None:
+
     entries = [{"name": n, "sha256": hash_key(f"rg_{n}"), "pipelines": ["*"], "rate_per_s": 1, "burst": 1} for n in names]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump({"keys": entries}))

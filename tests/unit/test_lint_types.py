@@ -28,9 +28,11 @@ STRICT_MODULES = [
     "services/ragrail/common/interceptors.py",
     "services/ragrail/gateway/admission.py",
     "services/ragrail/gateway/auth.py",
+    "services/ragrail/gateway/feedback.py",
     "services/ragrail/gateway/ingestion.py",
     "services/ragrail/gateway/interceptors.py",
     "services/ragrail/gateway/resilience.py",
+    "services/ragrail/gateway/sqldb.py",
     "services/ragrail/gateway/stages.py",
 ]
 

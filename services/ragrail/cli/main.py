@@ -359,17 +359,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 PROMPT_TAG_SECRET_ENV = "RAGRAIL_PROMPT_TAG_SECRET"
+FEEDBACK_URL_ENV = "RAGRAIL_FEEDBACK_URL"
 
 
 def _gateway_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The gateway's settings; the prompt-tag key may come from the environment (a Secret in
-    Kubernetes, so every replica tags prompts alike and the key is in no ConfigMap)."""
-    settings = _settings(args)
-    secret = os.environ.get(PROMPT_TAG_SECRET_ENV)
-    if secret and not settings.gateway.prompt_tag_secret:
-        gateway = settings.gateway.model_copy(update={"prompt_tag_secret": secret})
-        settings = settings.model_copy(update={"gateway": gateway})
-    return settings
+    """The gateway's settings; its secrets (the prompt-tag key, the feedback database's URL) may
+    come from the environment: a Secret in Kubernetes, the same for every replica and in no ConfigMap."""
+    from ragrail.common.config import with_gateway_secrets
+
+    return with_gateway_secrets(_settings(args), os.environ)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
@@ -730,7 +728,8 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
     if args.json:
         _emit(_message_json(r))
         return 0
-    print("recorded" + ("" if r.matched_request else " (request id not known to this gateway)"))
+    # Unmatched: an unknown or expired request id, or one answered for another API key.
+    print("recorded" + ("" if r.matched_request else " (unattributed: request id not answered recently for this key)"))
     return 0
 
 

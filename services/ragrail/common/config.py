@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -291,6 +292,42 @@ class GatewayAdmissionSettings(Strict):
         return self
 
 
+class FeedbackSettings(Strict):
+    """Where ratings and answer attributions live, and how much of them (ragrail.gateway.feedback).
+
+    SQLite (a file, the local default) serves one gateway process; with several replicas set
+    ``url`` to a PostgreSQL database every replica reaches, so a rating sent to any pod is
+    attributed and nothing is lost when a pod goes.
+    """
+
+    url: str | None = Field(
+        None, description="postgresql://user@host/db (or sqlite:///path); default: SQLite at gateway.feedback_db. "
+        "`ragrail gateway` also reads RAGRAIL_FEEDBACK_URL (from a Secret), used when this is unset"
+    )
+    retention_days: float = Field(90.0, gt=0, description="ratings older than this are deleted")
+    attribution_hours: float = Field(
+        72.0, gt=0, description="how long after an answer a rating is still attributed to its pipeline version "
+        "(one stored row per answer, deleted after this)"
+    )
+    sweep_interval_s: float = Field(60.0, gt=0, description="how often expired rows are deleted")
+    sweep_batch: int = Field(
+        5000, ge=1, description="most rows deleted per table per sweep, so a sweep never holds the database long"
+    )
+    per_key_limit: int = Field(
+        600, ge=1, description="ratings one API key may store per per_key_window_s, counted over all replicas; "
+        "more are refused with RESOURCE_EXHAUSTED (the anonymous caller of disabled auth is not limited)"
+    )
+    per_key_window_s: float = Field(3600.0, gt=0, description="the window of per_key_limit")
+    pool_size: int = Field(4, ge=1, le=64, description="PostgreSQL: connections per gateway process")
+    statement_timeout_s: float = Field(
+        5.0, gt=0, description="PostgreSQL: longest a statement or a wait for a pooled connection may take"
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="PostgreSQL: how long the gateway waits for the database at start before it "
+        "exits with an error (and Kubernetes restarts it)"
+    )
+
+
 class GatewaySettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -321,6 +358,7 @@ class GatewaySettings(Strict):
         "and spread over gateway pods the autoscaler added (gRPC balances per connection); null: never"
     )
     feedback_db: str | None = Field(None, description="SQLite file; default DATA_DIR/feedback.sqlite3")
+    feedback: FeedbackSettings = FeedbackSettings()
     prompt_tag_secret: str | None = Field(
         None, description="keys the prompt-injection tags; set it (from a Secret) so gateway replicas agree"
     )
@@ -359,6 +397,11 @@ class Settings(Strict):
         return Path(os.path.expanduser(self.gateway.feedback_db or self.data_path / "feedback.sqlite3"))
 
     @property
+    def feedback_target(self) -> str:
+        """The feedback store: its URL when one is set, else the SQLite file's path."""
+        return self.gateway.feedback.url or str(self.feedback_path)
+
+    @property
     def qdrant_path(self) -> Path:
         return Path(os.path.expanduser(self.retrieval.qdrant_path or self.data_path / "qdrant"))
 
@@ -386,6 +429,37 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         return Settings.model_validate(raw)
     except ValidationError as exc:
         raise InvalidArgument(f"invalid config {source}: {exc}") from exc
+
+
+# Secrets a deployment hands the gateway in its environment (from Kubernetes Secrets, so they sit
+# in no ConfigMap): variable -> the gateway setting it fills when the config leaves it unset.
+GATEWAY_SECRET_ENV: dict[str, tuple[str, ...]] = {
+    "RAGRAIL_PROMPT_TAG_SECRET": ("prompt_tag_secret",),
+    "RAGRAIL_FEEDBACK_URL": ("feedback", "url"),
+}
+
+
+def with_gateway_secrets(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``settings`` with each unset secret of GATEWAY_SECRET_ENV taken from ``environ``; the config wins."""
+    gateway = settings.gateway
+    for variable, path in GATEWAY_SECRET_ENV.items():
+        value = environ.get(variable)
+        if value and _get(gateway, path) is None:
+            gateway = _replace(gateway, path, value)
+    return settings.model_copy(update={"gateway": gateway})
+
+
+def _get(model: BaseModel, path: tuple[str, ...]) -> Any:
+    for name in path:
+        model = getattr(model, name)
+    return model
+
+
+def _replace(model: Any, path: tuple[str, ...], value: Any) -> Any:
+    """A copy of frozen ``model`` with the field at ``path`` set to ``value``."""
+    head, *rest = path
+    new = _replace(getattr(model, head), tuple(rest), value) if rest else value
+    return model.model_copy(update={head: new})
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

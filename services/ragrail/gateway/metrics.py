@@ -104,6 +104,13 @@ class GatewayMetrics:
             ["pipeline", "version", "rating"],
             registry=self.registry,
         )
+        self.feedback_store_errors = Counter(
+            "ragrail_gateway_feedback_store_errors_total",
+            "Feedback store calls that failed (database down or too slow), by operation: submit (the rating "
+            "was refused with UNAVAILABLE) or remember_answer (the answer was sent, its rating will be unattributed).",
+            ["operation"],
+            registry=self.registry,
+        )
         self.ingested_chunks = Counter(
             "ragrail_gateway_ingested_chunks_total",
             "Document chunks stored or dropped (flagged by moderation) at ingestion.",

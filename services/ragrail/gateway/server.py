@@ -19,6 +19,7 @@ import grpc
 
 from ragrail.common.config import Settings
 from ragrail.common.deadline import Deadline
+from ragrail.common.errors import RagrailError
 from ragrail.common.metrics import serve_metrics
 from ragrail.common.server import (
     ServiceBinding,
@@ -212,7 +213,7 @@ def build_gateway(
         if g.auth.enabled and g.auth.keys_file
         else Authenticator(None, enabled=g.auth.enabled)
     )
-    feedback = FeedbackStore(settings.feedback_path)
+    feedback = FeedbackStore(settings.feedback_target, settings=g.feedback)
     state = GatewayState(registry=registry, runner=runner, last_reload_error=lambda: loader.last_error)
     return GatewayServicer(state, ingestor, metrics, auth, feedback), loader
 
@@ -234,6 +235,20 @@ async def _watch(gateway: RunningGateway, interval_s: float) -> None:
         registry = gateway.servicer.state.registry
         for ref, admission in registry.admissions.items():
             gateway.servicer.metrics.queued.labels(ref).set(admission.queued)
+
+
+async def _sweep_feedback(store: FeedbackStore, interval_s: float) -> None:
+    """Deletes expired ratings and attributions, a bounded batch per interval (on every replica:
+    the batches are small, and a replica that finds nothing to delete costs two indexed queries)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            deleted = await store.sweep_async()
+        except RagrailError as exc:  # the store is down: the next sweep tries again
+            log.warning("feedback sweep failed: %s", exc)
+            continue
+        if deleted:
+            log.info("feedback sweep: %d expired row(s) deleted", deleted)
 
 
 async def _become_ready(gateway: RunningGateway, collection: str) -> None:
@@ -316,6 +331,7 @@ async def start_gateway(
         health_server=health_server, health_port=bound_health_port, grace_s=g.shutdown_grace_s,
     )
     gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
+    gateway.tasks.append(asyncio.create_task(_sweep_feedback(servicer.feedback, g.feedback.sweep_interval_s)))
     if not wait_ready:
         gateway.tasks.append(asyncio.create_task(_become_ready(gateway, g.collection)))
     if servicer.auth.keys_file is not None:  # revoked keys are refused within one interval

@@ -10,14 +10,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import RagrailError
+from ragrail.common.errors import RagrailError, Unavailable
 from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_method
 from ragrail.gateway.auth import Authenticator, Principal
 from ragrail.gateway.clients import current_request_id
@@ -43,7 +42,6 @@ INGEST_METRICS_PIPELINE = "(ingest)"
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
 # Runs that ended this way tell a latency-steered admission limit to shrink.
 OVERLOADED = frozenset({FallbackReason.STAGE_TIMEOUT, FallbackReason.OVERLOAD})
-RECENT_REQUESTS = 10_000  # request id -> pipeline@version, for Feedback
 
 
 @dataclass
@@ -54,12 +52,6 @@ class GatewayState:
     runner: StageRunner
     last_reload_error: Callable[[], str] = lambda: ""
     service_statuses: Callable[[], dict[str, Any]] | None = None  # name -> stack.ServiceState
-    recent: OrderedDict[str, tuple[str, int]] = field(default_factory=OrderedDict)
-
-    def remember(self, request_id: str, result: RunResult) -> None:
-        self.recent[request_id] = (result.pipeline, result.version)
-        while len(self.recent) > RECENT_REQUESTS:
-            self.recent.popitem(last=False)
 
 
 def result_to_pb(result: RunResult, request_id: str) -> pb.RunResponse:
@@ -145,20 +137,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     @grpc_method(pb.RunResponse)
     async def Run(self, request: pb.RunRequest, grpc_context: Any = None) -> pb.RunResponse:
-        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "Run")
+        pipeline, request_id, deadline, principal = self._admit(
+            grpc_context, request.pipeline, request.session_id, "Run"
+        )
         with self._observe(pipeline, "Run") as observation:
             async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
                 result = await pipeline.run(request.query, deadline)
                 ticket.overloaded = result.fallback_reason in OVERLOADED
             observation.result = result
-        self.state.remember(request_id, result)
+        await self._remember(request_id, result, principal)
         return result_to_pb(result, request_id)
 
     @grpc_stream_method
     async def RunStream(
         self, request: pb.RunStreamRequest, grpc_context: Any = None
     ) -> AsyncIterator[pb.RunStreamResponse]:
-        pipeline, request_id, deadline, _ = self._admit(grpc_context, request.pipeline, request.session_id, "RunStream")
+        pipeline, request_id, deadline, principal = self._admit(
+            grpc_context, request.pipeline, request.session_id, "RunStream"
+        )
         with self._observe(pipeline, "RunStream") as observation:
             async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
                 # aclosing: a client that goes away closes the pipeline's stream, which
@@ -171,7 +167,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         else:
                             observation.result = event
                             ticket.overloaded = event.fallback_reason in OVERLOADED
-                            self.state.remember(request_id, event)
+                            await self._remember(request_id, event, principal)
                             yield pb.RunStreamResponse(final=result_to_pb(event, request_id))
 
     @grpc_method(pb.ListPipelinesResponse)
@@ -193,13 +189,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 self.metrics.stage_duration.labels(INGEST_METRICS_PIPELINE, "", stage).observe(seconds)
         return pb.IngestResponse(documents=[document_result_to_pb(o) for o in outcomes])
 
+    async def _remember(self, request_id: str, result: RunResult, principal: Principal) -> None:
+        """Stores which version answered, for a rating sent to any replica. A store that is down
+        costs the rating its attribution, never the caller its answer."""
+        try:
+            await self.feedback.remember_answer_async(request_id, result.pipeline, result.version, principal.name)
+        except RagrailError as exc:
+            self.metrics.feedback_store_errors.labels("remember_answer").inc()
+            log.warning("answer %s not attributable to %s@%d: %s", request_id, result.pipeline, result.version, exc)
+
     @grpc_method(pb.FeedbackResponse)
     async def Feedback(self, request: pb.FeedbackRequest, grpc_context: Any = None) -> pb.FeedbackResponse:
-        known = self.state.recent.get(request.request_id)
-        pipeline, version = known if known else ("", 0)
-        await self.feedback.record_async(request.request_id, pipeline, version, request.rating, request.comment)
-        self.metrics.feedback.labels(pipeline or "unknown", str(version), str(request.rating)).inc()
-        return pb.FeedbackResponse(matched_request=known is not None)
+        principal = self._caller(grpc_context, "Feedback").principal
+        try:
+            stored = await self.feedback.submit_async(
+                request.request_id, principal.name, request.rating, request.comment
+            )
+        except Unavailable:
+            self.metrics.feedback_store_errors.labels("submit").inc()
+            raise
+        version = str(stored.version or 0)
+        self.metrics.feedback.labels(stored.pipeline or "unknown", version, str(request.rating)).inc()
+        return pb.FeedbackResponse(matched_request=stored.matched)
 
     @grpc_method(pb.StatusResponse)
     async def Status(self, request: pb.StatusRequest, grpc_context: Any = None) -> pb.StatusResponse:
