@@ -249,6 +249,11 @@ async def run_steps(address: str, args: argparse.Namespace, questions: list[str]
     return [*steps, over], base, over
 
 
+def fixed_admission(config: dict) -> None:  # type: ignore[type-arg]
+    """Config mutation: the query class keeps a fixed max_in_flight (the pre-steering behaviour)."""
+    config["gateway"].setdefault("admission", {}).setdefault("query", {}).pop("min_in_flight", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateway", help="an existing gateway (host:port); default: start a private stack")
@@ -258,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=60.0, help="each call's deadline, seconds")
     parser.add_argument("--warmup", type=float, default=20.0, help="load before each window, seconds")
     parser.add_argument("--window", type=float, default=90.0, help="measured seconds per step")
+    parser.add_argument(
+        "--fixed-admission", action="store_true",
+        help="the private stack's gateway admits a fixed number of queries (no latency-steered limit): the "
+        "baseline to compare with",
+    )
     parser.add_argument("--report", type=Path, default=HERE / "reports" / "overload.json")
     args = parser.parse_args(argv)
     try:
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.gateway:
         root = Path(tempfile.mkdtemp(prefix="ragrail-overload-"))
         print(f"[overload] starting a private stack in {root}", flush=True)
-        stack = start_stack(root)
+        stack = start_stack(root, mutate=fixed_admission if args.fixed_admission else None)
         stack.wait_running(300)
     address = args.gateway or stack.gateway_address  # type: ignore[union-attr]
     try:

@@ -133,6 +133,9 @@ class GatewayFactory:
                 # Reloads only when a test asks: the watcher must not race the assertions.
                 "reload_interval_s": 3600,
                 "feedback_db": str(data_dir / "feedback.sqlite3"),
+                # A fixed query limit: the packaged latency-steered one starts at 2 and learns,
+                # which only the tests of that behaviour want.
+                "admission": {"query": {"min_in_flight": None}},
             },
             gateway or {},
         )

@@ -284,3 +284,48 @@ async def test_past_max_concurrent_rpcs_calls_are_refused_before_decoding_but_he
         lambda: sum(h.sample("ragrail_gateway_in_flight_requests", {"method": m}) for m in ("Run", "Ingest")) == 0
     )
     assert (await stub.Status(pb.StatusRequest(), timeout=5)).pipelines  # capacity is back
+
+
+STEERED = {
+    "retry_after_s": 2.0,
+    "query": {"max_in_flight": 6, "max_queue": 6, "max_wait_s": 5, "min_in_flight": 1},
+}
+
+
+async def test_slow_runs_shrink_the_query_limit_so_the_excess_is_refused_at_once(gateways: GatewayFactory) -> None:
+    """Overload is not failure: once runs come back slow, the gateway admits fewer at once and
+    refuses the rest at the door, instead of admitting them all to time out together."""
+    h = await gateways(
+        [spec("rag", generation={"timeout_s": 0.3}, admission={"target_latency_s": 10})],
+        gateway={"admission": STEERED},
+    )
+    stub = h.stub()
+    def limit() -> float:
+        return h.sample("ragrail_gateway_admission_limit", {"class": "query"})
+
+    def waiting() -> float:
+        return h.sample("ragrail_gateway_in_flight_requests", {"method": "Run"}) - limit()
+
+    assert limit() == 1  # a cold start admits one run, then learns
+    for _ in range(3):  # fast runs: slow start, one more slot each while the limit is in use
+        assert not (await stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)).fallback
+    assert limit() == 3  # one run at a time never used a third slot: no fourth
+
+    h.stack.generation.faults.hang(1)  # a generate stage times out: a slow run
+    answer = await stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)
+    assert answer.fallback_reason == pb.FALLBACK_REASON_STAGE_TIMEOUT
+    assert limit() == 2  # 3 x 0.75
+
+    h.stack.generation.faults.hang(None)  # the model stalls: two runs hold every slot...
+    held = [asyncio.ensure_future(stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)) for _ in range(2)]
+    await wait_until(lambda: h.stack.generation.faults.hanging == 2)
+    queued = [asyncio.ensure_future(stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5)) for _ in range(2)]
+    await wait_until(lambda: waiting() == 2)  # ...at most one limit's worth waits (max_queue is 6)...
+    start = time.monotonic()
+    err = await rpc_error(stub.Run(pb.RunRequest(pipeline="rag", query=QUERY), timeout=5))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()  # ...and the next is refused
+    assert time.monotonic() - start < 0.5  # at once (a few ms idle; CI is busy)
+    assert retry_after(err) == "2"
+    h.stack.generation.faults.clear()
+    h.stack.generation.faults.release()
+    await asyncio.gather(*held, *queued)

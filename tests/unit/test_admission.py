@@ -234,12 +234,12 @@ def test_admission_settings_keep_each_class_below_the_rpc_limit() -> None:
 
 def grown(limit: LatencyLimit, runs: int, in_flight: int = 64) -> LatencyLimit:
     for _ in range(runs):
-        limit.record(time.monotonic(), latency_s=0.1, overloaded=False, in_flight=in_flight)
+        limit.record(time.monotonic(), slow=False, in_flight=in_flight)
     return limit
 
 
 def test_the_limit_starts_at_its_floor_and_grows_a_slot_per_fast_run_until_the_first_slow_one() -> None:
-    limit = LatencyLimit(ceiling=8, target_s=10.0, floor=2)
+    limit = LatencyLimit(ceiling=8, floor=2)
     assert limit.slots == 2
     grown(limit, 3)
     assert limit.slots == 5
@@ -248,14 +248,14 @@ def test_the_limit_starts_at_its_floor_and_grows_a_slot_per_fast_run_until_the_f
 
 
 def test_a_slow_run_shrinks_the_limit_once_per_generation_of_runs() -> None:
-    limit = grown(LatencyLimit(ceiling=8, target_s=10.0), 7)
+    limit = grown(LatencyLimit(ceiling=8), 7)
     admitted_before = time.monotonic()
-    limit.record(admitted_before, latency_s=12.0, overloaded=False, in_flight=7)
+    limit.record(admitted_before, slow=True, in_flight=7)
     assert limit.slots == 6  # 8 x 0.75
     # Runs admitted before that decrease were sized for the old limit: no second cut.
-    limit.record(admitted_before, latency_s=15.0, overloaded=False, in_flight=6)
+    limit.record(admitted_before, slow=True, in_flight=6)
     assert limit.slots == 6
-    limit.record(time.monotonic(), latency_s=1.0, overloaded=True, in_flight=3)
+    limit.record(time.monotonic(), slow=True, in_flight=3)
     assert limit.slots == 4  # 6 x 0.75 = 4.5
     # After a cut, growth is additive: about one slot per `limit` fast runs.
     grown(limit, 4)
@@ -263,23 +263,26 @@ def test_a_slow_run_shrinks_the_limit_once_per_generation_of_runs() -> None:
 
 
 def test_the_limit_never_falls_below_its_floor() -> None:
-    limit = grown(LatencyLimit(ceiling=4, target_s=1.0, floor=2), 4)
+    limit = grown(LatencyLimit(ceiling=4, floor=2), 4)
     for _ in range(5):
-        limit.record(time.monotonic(), latency_s=5.0, overloaded=False, in_flight=0)
+        limit.record(time.monotonic(), slow=True, in_flight=0)
     assert limit.slots == 2
 
 
 def test_an_idle_limit_earns_no_raise() -> None:
-    limit = LatencyLimit(ceiling=16, target_s=1.0, floor=12)
-    limit.record(time.monotonic(), latency_s=0.1, overloaded=False, in_flight=0)  # 2 x 1 < 12 slots
+    limit = LatencyLimit(ceiling=16, floor=12)
+    limit.record(time.monotonic(), slow=False, in_flight=0)  # 2 x 1 < 12 slots
     assert limit.value == 12
 
 
-async def test_overloaded_runs_shrink_the_slots_and_the_excess_is_refused_at_once() -> None:
-    admission = Admission("rag@1", max_in_flight=4, max_queue=8, latency_limit=grown(LatencyLimit(4, 30.0), 3))
+async def test_slow_runs_shrink_the_slots_and_the_excess_is_refused_at_once() -> None:
+    admission = Admission("query", max_in_flight=4, max_queue=8, latency_limit=grown(LatencyLimit(4), 3))
+    assert admission.limit == 4
+    async with admission.slot(1.0):
+        pass  # no verdict (e.g. refused by its pipeline): teaches nothing
     assert admission.limit == 4
     async with admission.slot(1.0) as ticket:
-        ticket.overloaded = True  # e.g. its generate stage timed out
+        ticket.slow = True  # e.g. its generate stage timed out
     assert admission.limit == 3
     assert admission.queue_bound == 3  # at most one limit's worth waits (max_queue is 8)
     admission.max_queue = 0

@@ -260,6 +260,18 @@ class AdmissionClassSettings(Strict):
     max_in_flight: int = Field(ge=1, description="RPCs of this class processed at once")
     max_queue: int = Field(ge=0, description="RPCs waiting for a slot beyond that; more get RESOURCE_EXHAUSTED")
     max_wait_s: float = Field(gt=0, description="longest wait in the queue (a shorter caller deadline wins)")
+    min_in_flight: int | None = Field(
+        None, ge=1, description="steer the class's limit by latency, between this and max_in_flight: it starts "
+        "here, grows while runs finish within their pipeline's admission.target_latency_s and shrinks when one "
+        "is slower or ends overloaded (stage timeout, overload); the queue then holds at most one limit's worth. "
+        "Unset: a fixed max_in_flight"
+    )
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> AdmissionClassSettings:
+        if self.min_in_flight is not None and self.min_in_flight > self.max_in_flight:
+            raise ValueError(f"min_in_flight ({self.min_in_flight}) is above max_in_flight ({self.max_in_flight})")
+        return self
 
 
 class GatewayAdmissionSettings(Strict):

@@ -4,17 +4,19 @@ RPC (``ragrail.gateway.interceptors``: all RPCs, queries, ingest).
 Beyond both bounds a request is refused at once with RESOURCE_EXHAUSTED and a
 retry-after hint, never queued without bound and never left hanging.
 
-A pipeline may also steer its limit by latency (``LatencyLimit``): a fixed limit is right for
-one machine only, and on a slower one (or with a busier model) the admitted requests would all
-finish late together. The limit shrinks when runs come back slower than the spec's target
-and grows back while they are fast, so the excess is refused at the door rather than admitted
-to time out inside: overload stays overload, not failure.
+The gateway's query class may steer its limit by latency (``LatencyLimit``): a fixed limit is
+right for one machine only, and on a slower one (or with a busier model) the admitted requests
+would all finish late together, time out and open the circuits. The limit shrinks when runs
+come back slower than their pipeline's target and grows back while they are fast, so the
+excess is refused at the door rather than admitted to time out inside: overload stays
+overload, not failure. One limit for all pipelines, because they share the model services.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,10 +36,9 @@ class LatencyLimit:
     would admit a burst whose timeouts open the circuits before the limit could learn.
     """
 
-    def __init__(self, ceiling: int, target_s: float, floor: int = 1, backoff: float = 0.75) -> None:
+    def __init__(self, ceiling: int, floor: int = 1, backoff: float = 0.75) -> None:
         self.ceiling = ceiling
         self.floor = min(floor, ceiling)
-        self.target_s = target_s
         self.backoff = backoff
         self.value = float(self.floor)
         self._slow_start = True
@@ -47,9 +48,9 @@ class LatencyLimit:
     def slots(self) -> int:
         return max(self.floor, int(self.value))
 
-    def record(self, started: float, latency_s: float, overloaded: bool, in_flight: int) -> None:
+    def record(self, started: float, slow: bool, in_flight: int) -> None:
         """One finished run: admitted at ``started`` (monotonic), ``in_flight`` others still running."""
-        if overloaded or latency_s > self.target_s:
+        if slow:
             if started >= self._last_decrease:
                 self.value = max(float(self.floor), self.value * self.backoff)
                 self._last_decrease = time.monotonic()
@@ -61,10 +62,16 @@ class LatencyLimit:
 
 @dataclass
 class Ticket:
-    """One admitted request; the caller marks it overloaded when its run ended that way."""
+    """One admitted request. Whoever ran it gives the verdict a latency limit learns from:
+    ``slow`` True (over its target, or ended overloaded) or False; None (refused, bad input,
+    cancelled) teaches nothing."""
 
     started: float
-    overloaded: bool = False
+    slow: bool | None = None
+
+
+# The query-class ticket of the RPC being handled: the interceptor admits, the servicer judges.
+current_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("admission_ticket", default=None)
 
 
 class Admission:
@@ -135,10 +142,8 @@ class Admission:
             yield ticket
         finally:
             self.in_flight -= 1
-            if self.latency_limit:
-                self.latency_limit.record(
-                    ticket.started, time.monotonic() - ticket.started, ticket.overloaded, self.in_flight
-                )
+            if self.latency_limit and ticket.slow is not None:
+                self.latency_limit.record(ticket.started, ticket.slow, self.in_flight)
             self._wake()
 
     async def _wait_turn(self, wait_s: float) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -40,11 +41,11 @@ from typing import Any
 
 import grpc
 
-from ragrail.common.config import GatewayAdmissionSettings
+from ragrail.common.config import AdmissionClassSettings, GatewayAdmissionSettings
 from ragrail.common.errors import RagrailError
 from ragrail.common.grpc_errors import abort
 from ragrail.common.interceptors import refusing_handler, wrap_handler
-from ragrail.gateway.admission import Admission
+from ragrail.gateway.admission import Admission, LatencyLimit, current_ticket
 from ragrail.gateway.auth import Authenticator, Principal
 from ragrail.gateway.clients import current_request_id
 from ragrail.gateway.metrics import GatewayMetrics
@@ -78,6 +79,19 @@ class Call:
 current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("gateway_call", default=None)
 
 
+def _limit_of(admission: Admission) -> float:
+    return float(admission.limit)
+
+
+def class_admission(name: str, settings: AdmissionClassSettings, retry_after_s: float) -> Admission:
+    limit = (
+        LatencyLimit(settings.max_in_flight, floor=settings.min_in_flight) if settings.min_in_flight else None
+    )
+    return Admission(
+        name, settings.max_in_flight, settings.max_queue, retry_after_s, what="the gateway's class", latency_limit=limit
+    )
+
+
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -91,9 +105,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         retry = limits.retry_after_s
         self.rpcs = Admission("RPCs", limits.max_concurrent_rpcs, 0, retry, what="the gateway's")
         self.classes = {
-            name: (Admission(name, c.max_in_flight, c.max_queue, retry, what="the gateway's class"), c.max_wait_s)
+            name: (class_admission(name, c, retry), c.max_wait_s)
             for name, c in (("query", limits.query), ("ingest", limits.ingest))
         }
+        for name, (admission, _) in self.classes.items():
+            metrics.admission_limit.labels(name).set_function(functools.partial(_limit_of, admission))
         unknown = {p.admission for p in self.policies.values() if p.admission} - set(self.classes)
         if unknown:
             raise ValueError(f"unknown admission classes in method policies: {sorted(unknown)}")
@@ -151,7 +167,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             admission, max_wait_s = self.classes[policy.admission]
             remaining = context.time_remaining() if context is not None else None
             wait_s = max_wait_s if remaining is None else min(max_wait_s, remaining)
-            async with admission.slot(wait_s):
+            async with admission.slot(wait_s) as ticket:
+                current_ticket.set(ticket)  # the servicer judges the run it admits
                 yield
 
     def _unary(

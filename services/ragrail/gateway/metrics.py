@@ -86,6 +86,13 @@ class GatewayMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.admission_limit = Gauge(
+            "ragrail_gateway_admission_limit",
+            "RPCs of an admission class (query, ingest) admitted at once right now: the latency-steered "
+            "limit where the class has one, else its fixed max_in_flight.",
+            ["class"],
+            registry=self.registry,
+        )
         self.queued = Gauge(
             "ragrail_gateway_queued_requests",
             "Requests waiting for an admission slot, per pipeline version.",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragrail.common.errors import CollectionMissing, NotFound, RagrailError, require
-from ragrail.gateway.admission import Admission, LatencyLimit
+from ragrail.gateway.admission import Admission
 from ragrail.gateway.backends import Backends
 from ragrail.gateway.pipeline import Pipeline, build_pipeline
 from ragrail.gateway.specs import AdmissionSpec, PipelineSet, PipelineSpec, SpecError, load_pipeline_dir
@@ -133,14 +133,7 @@ def pick_version(split: Mapping[int, int], name: str, caller_key: str) -> int:
 
 def admission_for(spec: PipelineSpec) -> Admission:
     policy = spec.admission
-    limit = (
-        LatencyLimit(policy.max_in_flight, policy.target_latency_s, floor=policy.min_in_flight)
-        if policy.target_latency_s
-        else None
-    )
-    return Admission(
-        spec.ref, policy.max_in_flight, policy.max_queue, latency_limit=limit, max_queue_wait_s=policy.max_queue_wait_s
-    )
+    return Admission(spec.ref, policy.max_in_flight, policy.max_queue, max_queue_wait_s=policy.max_queue_wait_s)
 
 
 class RegistryLoader:

@@ -18,6 +18,7 @@ from ragrail.common import tracing
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import RagrailError, Unavailable
 from ragrail.common.grpc_errors import GRPC_CODES, grpc_method, grpc_stream_method
+from ragrail.gateway.admission import current_ticket
 from ragrail.gateway.auth import Authenticator, Principal
 from ragrail.gateway.clients import current_request_id
 from ragrail.gateway.feedback import FeedbackStore
@@ -42,6 +43,16 @@ INGEST_METRICS_PIPELINE = "(ingest)"
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
 # Runs that ended this way tell a latency-steered admission limit to shrink.
 OVERLOADED = frozenset({FallbackReason.STAGE_TIMEOUT, FallbackReason.OVERLOAD})
+
+
+def judge_run(pipeline: Pipeline, result: RunResult, seconds: float) -> None:
+    """Tells the query class's latency limit (when there is one) whether this run was slow:
+    over its pipeline's target_latency_s, or ended overloaded."""
+    ticket = current_ticket.get()
+    if ticket is None:
+        return
+    target = pipeline.spec.admission.target_latency_s
+    ticket.slow = result.fallback_reason in OVERLOADED or (target is not None and seconds > target)
 
 
 @dataclass
@@ -141,9 +152,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             grpc_context, request.pipeline, request.session_id, "Run"
         )
         with self._observe(pipeline, "Run") as observation:
-            async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+                started = time.monotonic()
                 result = await pipeline.run(request.query, deadline)
-                ticket.overloaded = result.fallback_reason in OVERLOADED
+                judge_run(pipeline, result, time.monotonic() - started)
             observation.result = result
         await self._remember(request_id, result, principal)
         return result_to_pb(result, request_id)
@@ -156,7 +168,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             grpc_context, request.pipeline, request.session_id, "RunStream"
         )
         with self._observe(pipeline, "RunStream") as observation:
-            async with self.state.registry.admission(pipeline).slot(deadline.remaining()) as ticket:
+            async with self.state.registry.admission(pipeline).slot(deadline.remaining()):
+                started = time.monotonic()
                 # aclosing: a client that goes away closes the pipeline's stream, which
                 # cancels the generation call downstream at once.
                 events = pipeline.run_stream(request.query, deadline)
@@ -166,7 +179,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                             yield pb.RunStreamResponse(delta=event)
                         else:
                             observation.result = event
-                            ticket.overloaded = event.fallback_reason in OVERLOADED
+                            judge_run(pipeline, event, time.monotonic() - started)
                             await self._remember(request_id, event, principal)
                             yield pb.RunStreamResponse(final=result_to_pb(event, request_id))
 

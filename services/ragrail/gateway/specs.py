@@ -402,27 +402,16 @@ class CacheSpec(_Strict):
 
 
 class AdmissionSpec(_Strict):
-    """The version's own concurrency limits, inside the gateway's admission classes."""
-
-    max_in_flight: int = Field(8, ge=1, description="requests of this pipeline processed at once (the most, "
-                               "with target_latency_s)")
+    max_in_flight: int = Field(8, ge=1, description="requests of this pipeline processed at once")
     max_queue: int = Field(32, ge=0, description="requests waiting beyond that; more get RESOURCE_EXHAUSTED")
     target_latency_s: float | None = Field(
-        None, gt=0, description="steer the in-flight limit by latency: it shrinks while runs take longer than "
-        "this or end overloaded (stage timeout, overload) and grows back while they are faster, between "
-        "min_in_flight and max_in_flight; unset: a fixed limit"
+        None, gt=0, description="a run slower than this counts as a sign of overload to the gateway's "
+        "latency-steered query limit (gateway.admission.query.min_in_flight), as a stage timeout does"
     )
-    min_in_flight: int = Field(1, ge=1, description="the latency-steered limit never goes below this")
     max_queue_wait_s: float | None = Field(
         None, gt=0, description="the longest a request waits for a slot before RESOURCE_EXHAUSTED with retry-after; "
         "unset: until its deadline"
     )
-
-    @model_validator(mode="after")
-    def _bounds_agree(self) -> AdmissionSpec:
-        if self.min_in_flight > self.max_in_flight:
-            raise ValueError(f"min_in_flight ({self.min_in_flight}) is above max_in_flight ({self.max_in_flight})")
-        return self
 
 
 class ServicesSpec(_Strict):
