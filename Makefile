@@ -58,7 +58,7 @@ chaos: setup
 
 # Overload is not failure (issue 11): goodput at the saturating load (4 callers) and at 4x it, on
 # a private stack; exit 1 when goodput falls below 0.8x, refusals take > 100 ms, admitted p99
-# leaves the SLO or a circuit opens. ~6 minutes; by hand.   make overload OVERLOAD_ARGS="--users 2"
+# leaves the SLO or a circuit opens. ~10 minutes; by hand.   make overload OVERLOAD_ARGS="--compare --users 2"
 OVERLOAD_REPORT ?= build/overload-report.json
 overload: setup
 	$(PY) loadtest/overload.py --report $(OVERLOAD_REPORT) $(OVERLOAD_ARGS)

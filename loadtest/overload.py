@@ -250,8 +250,53 @@ async def run_steps(address: str, args: argparse.Namespace, questions: list[str]
 
 
 def fixed_admission(config: dict) -> None:  # type: ignore[type-arg]
-    """Config mutation: the query class keeps a fixed max_in_flight (the pre-steering behaviour)."""
-    config["gateway"].setdefault("admission", {}).setdefault("query", {}).pop("min_in_flight", None)
+    """Config mutation: the query class as it was before the latency-steered limit (fixed, queued)."""
+    config["gateway"].setdefault("admission", {})["query"] = {"max_in_flight": 64, "max_queue": 64, "max_wait_s": 30}
+
+
+async def compare(steered: str, fixed: str, args: argparse.Namespace, questions: list[str]) -> dict[str, list[Step]]:
+    """The same steps against two gateways over one stack, alternating, so both see the same machine."""
+    steps: dict[str, list[Step]] = {"latency-steered": [], "fixed (before)": []}
+    for users in (args.users[0], args.users[0] * args.factor):
+        for name, address in (("latency-steered", steered), ("fixed (before)", fixed)):
+            print(f"[overload] {name} gateway:", flush=True)
+            steps[name].append(await measure(address, args, users, questions))
+    return steps
+
+
+def run_compare(args: argparse.Namespace, questions: list[str]) -> int:
+    from loadtest.chaos import Gateway
+
+    root = Path(tempfile.mkdtemp(prefix="ragrail-overload-"))
+    print(f"[overload] starting a private stack in {root}, and a second gateway with a fixed limit", flush=True)
+    stack = start_stack(root)
+    baseline = Gateway(stack, root)
+    config = yaml.safe_load(baseline.config_path.read_text())
+    fixed_admission(config)
+    baseline.config_path.write_text(yaml.safe_dump(config))
+    try:
+        stack.wait_running(300)
+        baseline.start()
+        began = time.time()
+        results = asyncio.run(compare(stack.gateway_address, baseline.address, args, questions))
+    finally:
+        baseline.stop()
+        print(f"[overload] stack stopped (exit {stack.stop()})", flush=True)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began))
+    print(f"\nOverload A/B {when} on {machine()}; one stack, two gateways measured in turn; pipeline "
+          f"{args.pipeline}, {args.deadline:g} s deadlines, {args.window:g} s windows after {args.warmup:g} s warm-up.")
+    problems: dict[str, list[str]] = {}
+    for name, (base, over) in results.items():
+        problems[name] = verdict(base, over, slo_p99_ms(args.pipeline))
+        print(f"\n{name}:\n\n{table([base, over])}\n")
+        for p in problems[name]:
+            print(f"[overload] {name}: NOT MET: {p}", file=sys.stderr)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(
+        {"when": when, "steps": {k: [asdict(s) for s in v] for k, v in results.items()}, "problems": problems},
+        indent=2,
+    ))
+    return 1 if problems["latency-steered"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the private stack's gateway admits a fixed number of queries (no latency-steered limit): the "
         "baseline to compare with",
     )
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="A/B on one private stack: its gateway (latency-steered) and a second one with the fixed limit, "
+        "measured in turn at --users (one count) and x --factor",
+    )
     parser.add_argument("--report", type=Path, default=HERE / "reports" / "overload.json")
     args = parser.parse_args(argv)
     try:
@@ -281,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in (HERE / "queries" / "rag.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
+    if args.compare:
+        if len(args.users) != 1 or args.gateway:
+            parser.error("--compare takes one --users count and starts its own stack")
+        return run_compare(args, questions)
     began = time.time()
     stack = None
     if not args.gateway:
