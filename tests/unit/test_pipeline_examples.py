@@ -58,7 +58,8 @@ async def test_rag_runs_both_output_checks_and_the_extra_stage() -> None:
         ("toxicity", "prompt_injection"), ("toxicity", "pii"), ("toxicity", "pii", "self_promotion"),
     ]
     assert set(result.timings) == {
-        "moderate_input", "embed", "retrieve", "generate", "moderate_output", "moderate_output_strict", "tone",
+        "moderate_input", "embed", "retrieve", "rerank", "generate", "moderate_output", "moderate_output_strict",
+        "tone",
     }
 
 

@@ -113,7 +113,7 @@ def test_a_minimal_spec_takes_documented_defaults(folder: Path) -> None:
         ("budget_s: 60", "budget_s: 60\nbogus: 1", "rag@1.yaml:6: bogus"),
         ("max_new_tokens: 160", "max_new_tokens: 160\n    temprature: 0", "rag@1.yaml:16: stages.3.temprature"),
         ('retrieval_miss: "', 'retreival_miss: "', "rag@1.yaml:21: fallbacks.retreival_miss"),
-        ("type: embed", "type: rerank", "rag@1.yaml:9: stages.1: Input tag 'rerank' found using 'type' does not match"),
+        ("type: embed", "type: summon", "rag@1.yaml:9: stages.1: Input tag 'summon' found using 'type' does not match"),
         ("check: output", "check: outptu", "rag@1.yaml:19: stages.4.check: Input should be 'input' or 'output'"),
     ],
 )
@@ -330,7 +330,7 @@ def test_the_json_schema_accepts_every_spec_the_loader_accepts_and_rejects_unkno
         raw = yaml.safe_load(path.read_text())
         assert not list(validator.iter_errors(raw)), path.name
     raw = yaml.safe_load((PACKAGED / "rag@1.yaml").read_text())
-    raw["stages"].append({"type": "rerank", "top_n": 2})
+    raw["stages"].append({"type": "summon", "top_n": 2})
     assert list(validator.iter_errors(raw))
     raw["stages"][-1] = {"type": "embed", "bogus": 1}
     assert list(validator.iter_errors(raw))

@@ -37,12 +37,14 @@ from ragrail.gateway.specs import (
     GroundStage,
     ModerateStage,
     PipelineSpec,
+    RerankStage,
     RetrieveStage,
     RouteStage,
     Sampling,
     StageSpec,
     route_source,
 )
+from ragrail.gateway.rerank import rerank
 from ragrail.gateway.stages import StageFailure, StageRunner
 
 T = TypeVar("T")
@@ -328,6 +330,11 @@ class Pipeline:
         if not ctx.passages:
             raise Fallback(FallbackReason.RETRIEVAL_MISS, stage.label)
 
+    async def _rerank(self, stage: RerankStage, ctx: RunContext) -> None:
+        started = time.perf_counter()
+        ctx.passages = rerank(ctx.query, ctx.passages, stage.top_n, stage.diversity)
+        ctx.timings[stage.label] = ctx.timings.get(stage.label, 0.0) + time.perf_counter() - started
+
     async def _generate_stage(self, stage: GenerateStage, ctx: RunContext) -> None:
         params = generation_params(stage, PROMPT_STOPS.get(stage.prompt, ()))
         text = await self._generate(ctx, stage.label, stage, self._prompt(stage, ctx), params)
@@ -526,6 +533,7 @@ EXECUTORS: dict[type, Callable[[Pipeline, Any, RunContext], Awaitable[None]]] = 
     ModerateStage: Pipeline._moderate,
     EmbedStage: Pipeline._embed,
     RetrieveStage: Pipeline._retrieve,
+    RerankStage: Pipeline._rerank,
     GenerateStage: Pipeline._generate_stage,
     GroundStage: Pipeline._ground,
     ClassifyStage: Pipeline._classify,

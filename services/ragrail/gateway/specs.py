@@ -171,6 +171,20 @@ class RetrieveStage(_Stage, StageSpec):
     )
 
 
+class RerankStage(_Stage):
+    """Reorders the retrieved passages and keeps the best ``top_n``: the dense order fused with
+    the order by the question's words each passage holds (reciprocal rank fusion), optionally
+    diversified (maximal marginal relevance: near-copies of a passage already kept sink). No
+    model, no backend call; the citations are the passages it keeps."""
+
+    type: Literal["rerank"] = Field(description="stage type")
+    top_n: int = Field(3, ge=1, le=50, description="passages kept, best first")
+    diversity: float = Field(
+        0.0, ge=0, le=1, description="0: by relevance alone; towards 1: a passage sharing most of its words with "
+        "one already kept ranks lower"
+    )
+
+
 class GenerateStage(_Stage, Sampling):
     """Generates text; its output becomes the answer (and, with ``output``, a named output)."""
 
@@ -274,7 +288,9 @@ class RouteStage(_Stage):
 
 
 Stage = Annotated[
-    Union[ModerateStage, EmbedStage, RetrieveStage, GenerateStage, GroundStage, ClassifyStage, RouteStage],
+    Union[
+        ModerateStage, EmbedStage, RetrieveStage, RerankStage, GenerateStage, GroundStage, ClassifyStage, RouteStage
+    ],
     Field(discriminator="type"),
 ]
 
@@ -528,6 +544,8 @@ def check_stages(stages: Sequence[Any]) -> None:
         before = stages[:i]
         if isinstance(stage, RetrieveStage) and not any(isinstance(s, EmbedStage) for s in before):
             raise ValueError(f"{where}: needs an embed stage before it")
+        if isinstance(stage, RerankStage) and not any(isinstance(s, RetrieveStage) for s in before):
+            raise ValueError(f"{where}: needs a retrieve stage before it (it reorders the passages)")
         if isinstance(stage, GenerateStage):
             if stage.prompt != "plain" and not any(isinstance(s, RetrieveStage) for s in before):
                 raise ValueError(f"{where}: a {stage.prompt} prompt needs a retrieve stage before it (or prompt: plain)")
