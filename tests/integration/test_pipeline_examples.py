@@ -114,10 +114,14 @@ def test_summarize_then_sentiment_with_output_moderation(examples: Stack) -> Non
     text = ("The 7:40 to Harbour was cancelled again this morning and nobody told us why. "
             "We waited forty minutes in the rain and I missed my first meeting.")
     response = run(examples, "summarize@1", text)
-    assert [t.stage for t in response.timings][:3] == ["moderate_input", "summarize", "moderate_output"]
+    stages = [t.stage for t in response.timings]
+    if response.fallback:  # labelled, at the stage that gave up (a slow machine, or no label)
+        assert response.failed_stage in {"summarize", "moderate_output", "sentiment"}, response
+        assert response.failed_stage in stages or response.fallback_reason == pb.FALLBACK_REASON_STAGE_TIMEOUT
+        return
+    assert stages == ["moderate_input", "summarize", "moderate_output", "sentiment"], stages
     assert response.outputs["summary"]
-    if not response.fallback:
-        assert response.outputs["sentiment"] in {"positive", "negative", "neutral"}
+    assert response.outputs["sentiment"] in {"positive", "negative", "neutral"}
 
 
 def test_support_is_routed_by_the_models_label(examples: Stack) -> None:

@@ -115,6 +115,9 @@ def test_a_minimal_spec_takes_documented_defaults(folder: Path) -> None:
         ('retrieval_miss: "', 'retreival_miss: "', "rag@1.yaml:21: fallbacks.retreival_miss"),
         ("type: embed", "type: summon", "rag@1.yaml:9: stages.1: Input tag 'summon' found using 'type' does not match"),
         ("check: output", "check: outptu", "rag@1.yaml:19: stages.4.check: Input should be 'input' or 'output'"),
+        # A category the moderation service does not have is refused here, not sent to fail there.
+        ("check: output", "check: output\n    categories: [toxicity, spam]",
+         "rag@1.yaml:20: stages.4.categories.1: Input should be 'toxicity', 'prompt_injection' or 'pii'"),
     ],
 )
 def test_an_unknown_key_is_rejected_with_file_and_field(folder: Path, old: str, new: str, field: str) -> None:

@@ -40,6 +40,9 @@ NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 REF = re.compile(r"^[a-z][a-z0-9_-]{0,63}@[1-9][0-9]*$")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ROUTES_FILE = "routes.yaml"
+# The categories of ragrail.moderation.v1.Category: a spec naming another is refused at load,
+# not sent to the moderation service to fail there.
+ModerationCategory = Literal["toxicity", "prompt_injection", "pii"]
 INPUT_CATEGORIES = ("toxicity", "prompt_injection")
 OUTPUT_CATEGORIES = ("toxicity", "pii")  # an answer must not leak personal data
 DEFAULT_RAG_PROMPT = (
@@ -123,8 +126,9 @@ class ModerateStage(_Stage, StageSpec):
     type: Literal["moderate"] = Field(description="stage type")
     # Not `on:` (YAML 1.1 reads a bare `on` as true).
     check: Literal["input", "output"] = Field(description="input: the query; output: the answer so far")
-    categories: tuple[str, ...] = Field(
-        (), description="categories to check; default input: toxicity, prompt_injection; output: toxicity, pii"
+    categories: tuple[ModerationCategory, ...] = Field(
+        (), description="categories to check (the moderation service's: toxicity, prompt_injection, pii); default "
+        "input: toxicity, prompt_injection; output: toxicity, pii"
     )
     # A window reaches the client only after it is generated and checked: 80 characters (+40
     # held back) take ~1.2 s at the ~26 tokens/s of CPU generation, and each check ~13 ms
