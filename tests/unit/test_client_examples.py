@@ -103,9 +103,11 @@ def built_go_example(tmp_path: Path) -> Path:
     return binary
 
 
-def run_go_example(binary: Path, address: str, query: str, api_key: str = "") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RAGRAIL_ADDRESS=address, RAGRAIL_API_KEY=api_key)
-    return subprocess.run([str(binary), query], capture_output=True, text=True, env=env, timeout=120)
+def run_go_example(
+    binary: Path, address: str, *args: str, api_key: str = "", timeout_s: int = 20
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, RAGRAIL_ADDRESS=address, RAGRAIL_API_KEY=api_key, RAGRAIL_TIMEOUT=str(timeout_s))
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, timeout=timeout_s + 60)
 
 
 def test_go_example_builds_and_calls_run_with_a_deadline_and_key(tmp_path: Path) -> None:
@@ -115,7 +117,7 @@ def test_go_example_builds_and_calls_run_with_a_deadline_and_key(tmp_path: Path)
     script = Script().then("Run", RUN_OK, busy, unavailable)
     server, port = start_server(script)
     try:
-        ok = run_go_example(binary, f"127.0.0.1:{port}", "Who founded Northwind Rail?", api_key="rg_go")
+        ok = run_go_example(binary, f"127.0.0.1:{port}", "Who founded Northwind Rail?", "rag@1", api_key="rg_go")
         refused = run_go_example(binary, f"127.0.0.1:{port}", "again")
         down = run_go_example(binary, f"127.0.0.1:{port}", "and again")
     finally:
@@ -126,9 +128,10 @@ def test_go_example_builds_and_calls_run_with_a_deadline_and_key(tmp_path: Path)
         "fallback_reason": "FALLBACK_REASON_UNSPECIFIED", "request_id": "r1",
     }
     first = script.attempts["Run"][0]
-    assert first.request == pb.RunRequest(pipeline="rag", query="Who founded Northwind Rail?")
+    assert first.request == pb.RunRequest(pipeline="rag@1", query="Who founded Northwind Rail?")
     assert first.metadata["authorization"] == "Bearer rg_go"
-    assert first.time_remaining is not None and 0 < first.time_remaining <= 60.1
+    assert first.time_remaining is not None and 0 < first.time_remaining <= 20.1
+    assert script.attempts["Run"][1].request.pipeline == "rag"  # the default
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "ResourceExhausted: rate limit [2]" in refused.stderr
     assert down.returncode == 3 and "Unavailable: draining" in down.stderr, down.stdout + down.stderr
