@@ -7,7 +7,8 @@
 # the tests that need promtool are skipped with that reason.
 set -euo pipefail
 
-# buf and the TypeScript example's dependencies, from npm (issue 16); never fails the build.
+# buf and the TypeScript example's dependencies from npm, Debian's Go packages for the Go example
+# (issue 16); never fails the build.
 bash "$(dirname "$0")/install_client_tools.sh"
 
 # PostgreSQL's server binaries (initdb, postgres) for the feedback store's tests against a real

@@ -1,7 +1,10 @@
 // Calls ragrail's gateway (GatewayService/Run) from Go and prints the outcome as one JSON line.
 //
 //	buf generate && go mod tidy && go build
-//	RAGRAIL_ADDRESS=127.0.0.1:50051 RAGRAIL_API_KEY=rg_... ./gatewayclient "Who founded Northwind Rail?"
+//	RAGRAIL_ADDRESS=127.0.0.1:50051 RAGRAIL_API_KEY=rg_... ./gatewayclient "Who founded Northwind Rail?" [pipeline]
+//
+// RAGRAIL_TIMEOUT sets the deadline in seconds (default 60). Exit codes: 0 answered (a fallback
+// too), 1 any other error, 2 bad address or RAGRAIL_TIMEOUT, 3 UNAVAILABLE.
 package main
 
 import (
@@ -10,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,9 +46,17 @@ func getenv(key, fallback string) string {
 
 func main() {
 	address := getenv("RAGRAIL_ADDRESS", "127.0.0.1:50051")
-	query := "Who founded Northwind Rail?"
+	query, pipeline := "Who founded Northwind Rail?", "rag"
 	if len(os.Args) > 1 {
 		query = os.Args[1]
+	}
+	if len(os.Args) > 2 {
+		pipeline = os.Args[2] // "name" or "name@version"
+	}
+	timeoutS, err := strconv.ParseFloat(getenv("RAGRAIL_TIMEOUT", "60"), 64)
+	if err != nil || timeoutS <= 0 {
+		fmt.Fprintln(os.Stderr, "RAGRAIL_TIMEOUT must be a positive number of seconds")
+		os.Exit(2)
 	}
 
 	creds := insecure.NewCredentials()
@@ -61,7 +73,7 @@ func main() {
 	defer conn.Close()
 
 	// Always set a deadline: gRPC has none by default. The gateway passes what is left downstream.
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(timeoutS*float64(time.Second)))
 	defer cancel()
 	if key := os.Getenv("RAGRAIL_API_KEY"); key != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
@@ -69,7 +81,7 @@ func main() {
 
 	var trailer metadata.MD
 	resp, err := gatewayv1.NewGatewayServiceClient(conn).Run(ctx,
-		&gatewayv1.RunRequest{Pipeline: "rag", Query: query}, grpc.Trailer(&trailer))
+		&gatewayv1.RunRequest{Pipeline: pipeline, Query: query}, grpc.Trailer(&trailer))
 	if err != nil {
 		st := status.Convert(err)
 		fmt.Fprintf(os.Stderr, "%s: %s %v\n", st.Code(), st.Message(), trailer.Get("retry-after"))
