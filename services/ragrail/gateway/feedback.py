@@ -42,7 +42,7 @@ from pathlib import Path
 from ragrail.common.config import FeedbackSettings
 from ragrail.common.errors import InvalidArgument, ResourceExhausted
 from ragrail.gateway.auth import ANONYMOUS_NAME
-from ragrail.gateway.sqldb import MEMORY, Database, Dialect, Transaction, open_database
+from ragrail.gateway.sqldb import MEMORY, Database, Dialect, Transaction, open_database, redact
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class FeedbackStore:
     ) -> None:
         self.settings = settings or FeedbackSettings()
         self._clock = clock
+        self.location = redact(str(target))  # for logs: the URL's password masked
         s = self.settings
         self._db: Database = open_database(
             str(target),
