@@ -36,27 +36,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import psutil
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from loadtest.chaos_stack import ChaosStack, free_port, start_stack  # noqa: E402
+from loadtest.chaos_stack import ChaosStack, GatewayProcess, start_stack  # noqa: E402
 from ragrail.gateway.v1 import gateway_pb2 as pb  # noqa: E402
 from ragrail.gateway.v1 import gateway_pb2_grpc  # noqa: E402
 
@@ -184,66 +180,6 @@ class Load:
 # -- faults -------------------------------------------------------------------------------
 
 
-class Gateway:
-    """A `ragrail gateway` process on a fixed port, against the stack's Serve."""
-
-    def __init__(self, stack: ChaosStack, root: Path) -> None:
-        config = json.loads(json.dumps(stack.config))
-        self.port = free_port()
-        config["gateway"].update(port=self.port, metrics_port=free_port())
-        self.metrics_port = config["gateway"]["metrics_port"]
-        self.config_path = root / "gateway.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = root / "gateway.log"
-        self.env = stack.env
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 120) -> float:
-        started = time.monotonic()
-        with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ragrail.cli.main", "gateway", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, text=True,
-            )
-        while not self._serving():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"gateway not serving in {timeout_s} s")
-            time.sleep(0.2)
-        return time.monotonic() - started
-
-    def _serving(self) -> bool:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.RpcError:
-            return False
-
-    def stop(self, timeout_s: float = 120) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def in_flight(self) -> float:
-        """The gateway's in-flight gauge summed over labels (0 when idle)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ragrail_gateway_in_flight")
-        )
-
-
 async def wait_for(predicate, timeout_s: float, poll_s: float = 0.05) -> float:  # type: ignore[no-untyped-def]
     started = time.monotonic()
     while not predicate():
@@ -302,7 +238,7 @@ async def freeze(stack: ChaosStack, app: str, seconds: float, window: FaultWindo
     window.note = f"{app} pid {pid} stopped {seconds:g} s"
 
 
-async def restart_gateway(gateway: Gateway, window: FaultWindow) -> None:
+async def restart_gateway(gateway: GatewayProcess, window: FaultWindow) -> None:
     window.started = time.monotonic()
     await asyncio.to_thread(gateway.stop)
     stopped = time.monotonic()
@@ -311,7 +247,7 @@ async def restart_gateway(gateway: Gateway, window: FaultWindow) -> None:
     window.note = f"drained in {stopped - window.started:.1f} s, serving again {took:.1f} s later"
 
 
-async def disconnect_clients(load: Load, gateway: Gateway, seconds: float, window: FaultWindow) -> None:
+async def disconnect_clients(load: Load, gateway: GatewayProcess, seconds: float, window: FaultWindow) -> None:
     window.started = time.monotonic()
     load.disconnect_after_delta = True
     await asyncio.sleep(seconds)
@@ -402,7 +338,7 @@ def broken(row: Row, late_limit_ms: float = LATE_LIMIT_MS) -> list[str]:
 # -- the run ------------------------------------------------------------------------------
 
 
-async def run_faults(stack: ChaosStack, gateway: Gateway, args: argparse.Namespace, questions: list[str]) -> list[Row]:
+async def run_faults(stack: ChaosStack, gateway: GatewayProcess, args: argparse.Namespace, questions: list[str]) -> list[Row]:
     load = Load(gateway.address, args.users, args.deadline, questions)
     rows: list[Row] = []
     for name in args.faults:
@@ -467,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[chaos] starting a private stack in {root}", flush=True)
     began = time.time()
     stack = start_stack(root)
-    gateway = Gateway(stack, root)
+    gateway = GatewayProcess(stack.config, stack.env, root)
     try:
         stack.wait_running(300)
         gateway.start()

@@ -1,7 +1,8 @@
 """A private local stack to inject faults into: started, inspected and stopped by PID.
 
-Used by the chaos suite (loadtest/chaos.py) and the durable-ingestion test
-(tests/integration/test_ingest_durable.py). Replica processes are found by the
+Used by the chaos suite (loadtest/chaos.py), the durable-ingestion test
+(tests/integration/test_ingest_durable.py) and, for its extra `ragrail gateway` processes
+(``GatewayProcess``), the shared feedback store test (tests/integration/test_feedback_stack.py). Replica processes are found by the
 process title Ray gives each actor (``ray::ServeReplica:<app>:<deployment>``),
 among the processes of this stack only: `ragrail up` and its descendants, plus any
 process naming the stack's Ray temp dir. Ray's state API would need the dashboard,
@@ -10,6 +11,7 @@ which the local stack leaves off (it is one of the listeners issue 11 closed).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -18,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -206,3 +209,88 @@ def _wait_ready(stack: ChaosStack, timeout_s: float) -> None:
         time.sleep(0.5)
     stack.stop()
     raise TimeoutError(f"ragrail up not ready in {timeout_s:g} s:\n{stack.last_log()}")
+
+
+class GatewayProcess:
+    """A `ragrail gateway` process (the Kubernetes topology: a gateway apart from Ray) on free ports,
+    against a running stack's Serve.
+
+    ``config`` is the stack's config (``ChaosStack.config``, or the integration tier's YAML), copied
+    with new gateway ports and changed by ``mutate``; ``env`` is the stack's environment, plus
+    ``extra_env`` (e.g. a secret the gateway reads from it). Files are ``root/<name>.yaml`` and
+    ``root/<name>.log``; the port stays the same across ``stop``/``start``.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        env: Mapping[str, str],
+        root: Path,
+        *,
+        name: str = "gateway",
+        mutate: Callable[[dict[str, Any]], None] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        own = copy.deepcopy(dict(config))
+        self.port = free_port()
+        own["gateway"].update(port=self.port, metrics_port=free_port())
+        if mutate:
+            mutate(own)
+        self.metrics_port = int(own["gateway"]["metrics_port"])
+        self.config_path = root / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(own))
+        self.log_path = root / f"{name}.log"
+        self.env = {**env, **(extra_env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120) -> float:
+        """Starts the process; returns the seconds until its health check says SERVING."""
+        started = time.monotonic()
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ragrail.cli.main", "gateway", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, text=True,
+            )
+        while not self._serving():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.last_log(2000)}")
+            if time.monotonic() - started > timeout_s:
+                self.stop()
+                raise TimeoutError(f"gateway not serving in {timeout_s:g} s: {self.last_log(2000)}")
+            time.sleep(0.2)  # the polling interval
+        return time.monotonic() - started
+
+    def _serving(self) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def stop(self, timeout_s: float = 120) -> None:
+        """SIGTERM (the gateway drains), SIGKILL past ``timeout_s``; by its pid only."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def last_log(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def in_flight(self) -> float:
+        """The gateway's in-flight gauge summed over labels (0 when idle)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ragrail_gateway_in_flight")
+        )

@@ -12,7 +12,7 @@ from ragrail.common.errors import Unavailable
 from ragrail.gateway.feedback import FeedbackStore
 from tests.postgres import PostgresServer
 from tests.unit.test_feedback_store_logic import *  # noqa: F401,F403 - the shared scenarios
-from tests.unit.test_feedback_store_logic import StoreFactory
+from tests.unit.test_feedback_store_logic import SCHEMA_VERSION, StoreFactory
 
 
 @pytest.fixture
@@ -30,11 +30,11 @@ def test_replicas_starting_together_migrate_once(store_target: str) -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         stores = list(pool.map(lambda _: FeedbackStore(store_target), range(4)))
     try:
-        assert {s.schema_version for s in stores} == {2}
+        assert {s.schema_version for s in stores} == {SCHEMA_VERSION}
         import psycopg
 
         with psycopg.connect(store_target) as conn:
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     finally:
         for s in stores:
             s.close()

@@ -132,10 +132,12 @@ async def test_the_per_key_limit_counts_ratings_on_every_replica(
     gateways: GatewayFactory, tmp_path: Path, store_url: str
 ) -> None:
     a, b = await two_replicas(gateways, tmp_path, store_url, per_key_limit=2)
-    for harness in (a, b):
-        await harness.stub().Feedback(pb.FeedbackRequest(request_id="r1", rating=3), metadata=as_key("alpha"), timeout=5)
+    for request_id, harness in (("r1", a), ("r2", b)):  # two answers: one key's ratings of one replace
+        await harness.stub().Feedback(
+            pb.FeedbackRequest(request_id=request_id, rating=3), metadata=as_key("alpha"), timeout=5
+        )
     err = await rpc_error(
-        a.stub().Feedback(pb.FeedbackRequest(request_id="r1", rating=3), metadata=as_key("alpha"), timeout=5)
+        a.stub().Feedback(pb.FeedbackRequest(request_id="r3", rating=3), metadata=as_key("alpha"), timeout=5)
     )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     assert "feedback limit" in (err.details() or "") and "'alpha'" in (err.details() or "")

@@ -11,6 +11,7 @@ import pytest
 
 from ragrail.common.errors import InvalidArgument
 from ragrail.gateway.feedback import FeedbackStore, FeedbackSummary
+from tests.unit.test_feedback_store_logic import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_uses_wal_and_schema_is_versioned(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(feedback)")}
         assert {"feedback_pipeline_version", "feedback_principal_created", "feedback_created"} <= indexes
         columns = [row[2] for row in conn.execute("PRAGMA index_info(feedback_pipeline_version)")]
@@ -86,11 +87,11 @@ def test_a_file_from_before_versioning_is_migrated_and_keeps_its_rows(tmp_path: 
     conn.close()
 
     with FeedbackStore(path, clock=lambda: 20.0) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         store.record("new", "rag", 1, 3, principal="alpha")
         assert store.summary() == [FeedbackSummary("rag", 1, 2, 4.0)]
     with FeedbackStore(path) as again:  # reopening migrates nothing twice
-        assert again.schema_version == 2
+        assert again.schema_version == SCHEMA_VERSION
     assert [r[0] for r in _rows(path)] == ["old", "new"]
 
 

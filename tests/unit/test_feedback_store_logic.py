@@ -1,4 +1,5 @@
-"""What the feedback store decides: attribution, per-key limits, retention sweeps, concurrent writers.
+"""What the feedback store decides: attribution, one rating per answer and key, per-key limits,
+retention sweeps, concurrent writers, schema migrations.
 
 Written against ``store_target`` (a SQLite file here). tests/contract/test_feedback_postgres.py
 imports these same tests and points ``store_target`` at a real PostgreSQL database: one scenario,
@@ -21,6 +22,7 @@ from ragrail.gateway.feedback import DAY_S, HOUR_S, FeedbackStore, FeedbackSumma
 from ragrail.gateway.sqldb import redact
 
 T0 = 1_800_000_000.0
+SCHEMA_VERSION = 3
 
 
 class Clock:
@@ -145,9 +147,75 @@ def test_reopening_keeps_the_schema_and_the_rows(make_store: StoreFactory) -> No
     first.remember_answer("req-1", "rag", 1, "alpha")
     first.submit("req-1", "alpha", 5)
     second = make_store()
-    assert second.schema_version == first.schema_version == 2
-    assert second.submit("req-1", "alpha", 3).matched
-    assert second.summary() == [FeedbackSummary("rag", 1, 2, 4.0)]
+    assert second.schema_version == first.schema_version == SCHEMA_VERSION
+    assert second.submit("req-1", "alpha", 3).matched  # alpha's second rating of req-1: replaces
+    assert second.submit("req-2", "alpha", 4).row_id > 1
+    assert second.summary() == [FeedbackSummary(None, None, 1, 4.0), FeedbackSummary("rag", 1, 1, 3.0)]
+
+
+def test_a_keys_second_rating_of_an_answer_replaces_its_first(make_store: StoreFactory) -> None:
+    clock = Clock()
+    store = make_store(clock)
+    store.remember_answer("req-1", "rag", 3, "alpha")
+    first = store.submit("req-1", "alpha", 2, "meh")
+    clock.now += 60
+    again = store.submit("req-1", "alpha", 5)
+    assert again == Recorded(first.row_id, "rag", 3)  # the same row, rewritten
+    store.submit("req-1", "bravo", 1)  # another key's rating is its own row (unattributed)
+    assert store.summary() == [FeedbackSummary(None, None, 1, 1.0), FeedbackSummary("rag", 3, 1, 5.0)]
+    assert rows(store) == [("req-1", "rag", 3, 5, None, "alpha", T0 + 60), ("req-1", None, None, 1, None, "bravo", T0 + 60)]
+
+
+def test_a_rating_replaced_after_its_attribution_expired_keeps_the_version(make_store: StoreFactory) -> None:
+    clock = Clock()
+    store = make_store(clock, attribution_hours=1.0)
+    store.remember_answer("req-1", "rag", 2, "alpha")
+    assert store.submit("req-1", "alpha", 2).matched
+    clock.now += 2 * HOUR_S
+    assert store.submit("req-1", "alpha", 4) == Recorded(1, "rag", 2)
+    assert store.summary() == [FeedbackSummary("rag", 2, 1, 4.0)]
+
+
+def test_ratings_imported_without_a_key_are_all_kept(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.record("req-1", "rag", 1, 4) != store.record("req-1", "rag", 1, 2)
+    assert store.summary() == [FeedbackSummary("rag", 1, 2, 3.0)]
+
+
+def test_migrating_from_schema_2_keeps_each_keys_latest_rating(store_target: str, make_store: StoreFactory) -> None:
+    from ragrail.gateway.feedback import _migrations
+    from ragrail.gateway.sqldb import open_database
+
+    db = open_database(store_target)
+    try:  # a store as schema 2 left it: repeated ratings of one id by one key were all kept
+        with db.transaction() as tx:
+            for statement in [s for step in _migrations(db.dialect)[:2] for s in step]:
+                tx.execute(statement)
+            tx.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            tx.execute("INSERT INTO schema_version (version) VALUES (2)")
+            for rating, principal in [(1, "alpha"), (2, "alpha"), (3, "bravo"), (4, None), (5, None)]:
+                tx.execute(
+                    "INSERT INTO feedback (request_id, pipeline, pipeline_version, rating, principal, created_at)"
+                    " VALUES ('req-1', 'rag', 1, ?, ?, ?)",
+                    (rating, principal, T0 + rating),
+                )
+    finally:
+        db.close()
+    store = make_store()
+    assert store.schema_version == SCHEMA_VERSION
+    assert [(r[3], r[5]) for r in rows(store)] == [(2, "alpha"), (3, "bravo"), (4, None), (5, None)]
+
+
+def rows(store: FeedbackStore) -> list[tuple[Any, ...]]:
+    """Every stored rating, oldest row first."""
+    with store._db.transaction() as tx:
+        return [
+            tuple(row)
+            for row in tx.execute(
+                "SELECT request_id, pipeline, pipeline_version, rating, comment, principal, created_at"
+                " FROM feedback ORDER BY id"
+            )
+        ]
 
 
 def test_concurrent_writers_lose_no_rows(make_store: StoreFactory) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragrail.common.config import Settings
 from ragrail.gateway.auth import Authenticator, hash_key
 
 
@@ -20,8 +21,15 @@ def _args(tmp_path: Path) -> argparse.Namespace:
     return argparse.Namespace(config=str(config), pipelines=None)
 
 
+def _gateway_settings(args: argparse.Namespace) -> Settings:
+    """What `ragrail gateway` starts its gateway with."""
+    from ragrail.cli.main import _gateway_settings, _settings
+
+    return _gateway_settings(_settings(args))
+
+
 def test_prompt_tag_secret_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ragrail.cli.main import PROMPT_TAG_SECRET_ENV, _gateway_settings
+    from ragrail.cli.main import PROMPT_TAG_SECRET_ENV
 
     monkeypatch.delenv(PROMPT_TAG_SECRET_ENV, raising=False)
     assert _gateway_settings(_args(tmp_path)).gateway.prompt_tag_secret is None
@@ -30,7 +38,7 @@ def test_prompt_tag_secret_comes_from_the_environment(tmp_path: Path, monkeypatc
 
 
 def test_a_prompt_tag_secret_in_the_config_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ragrail.cli.main import PROMPT_TAG_SECRET_ENV, _gateway_settings
+    from ragrail.cli.main import PROMPT_TAG_SECRET_ENV
 
     args = _args(tmp_path)
     Path(args.config).write_text(yaml.safe_dump({"gateway": {"prompt_tag_secret": "in-config"}}))
@@ -41,7 +49,7 @@ def test_a_prompt_tag_secret_in_the_config_wins(tmp_path: Path, monkeypatch: pyt
 def test_the_feedback_url_comes_from_the_environment_unless_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ragrail.cli.main import FEEDBACK_URL_ENV, _gateway_settings
+    from ragrail.cli.main import FEEDBACK_URL_ENV
 
     args = _args(tmp_path)
     monkeypatch.delenv(FEEDBACK_URL_ENV, raising=False)
@@ -54,6 +62,45 @@ def test_the_feedback_url_comes_from_the_environment_unless_configured(
     assert settings.gateway.port == 0  # the rest of the config is kept
     Path(args.config).write_text(yaml.safe_dump({"gateway": {"feedback": {"url": "postgresql://cfg@db/x"}}}))
     assert _gateway_settings(args).feedback_target == "postgresql://cfg@db/x"
+
+
+def test_ragrail_up_gives_its_gateway_the_feedback_url_and_its_serve_apps_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ragrail import stack
+    from ragrail.cli import main as cli
+    from ragrail.common import models
+
+    started: dict[str, Settings] = {}
+
+    class FakeStack:  # no Ray: what `up` hands the Serve applications is all this test needs
+        temp_dir = str(tmp_path)
+
+        def __init__(self, settings: Settings) -> None:
+            started["serve"] = settings
+
+        def start(self) -> None: ...
+
+        def stop(self) -> None: ...
+
+    async def serve_gateway(settings: Settings, *args: object, **kwargs: object) -> int:
+        started["gateway"] = settings
+        return 0
+
+    monkeypatch.setattr(stack, "LocalStack", FakeStack)
+    monkeypatch.setattr(models, "prepare_builtin_models", lambda path: [])
+    monkeypatch.setattr(cli, "_serve_gateway", serve_gateway)
+    monkeypatch.setenv(cli.FEEDBACK_URL_ENV, "postgresql://app:s3cret@db/ragrail")
+    monkeypatch.setenv(cli.PROMPT_TAG_SECRET_ENV, "tag-key")
+    args = _args(tmp_path)
+    args.no_sample, args.health_host, args.health_port = True, None, None
+
+    assert cli._cmd_up(args) == 0
+    assert started["gateway"].feedback_target == "postgresql://app:s3cret@db/ragrail"
+    assert started["gateway"].gateway.prompt_tag_secret == "tag-key"
+    # The Serve applications' args (shown by Ray's state API) hold neither.
+    serve_args = started["serve"].model_dump_json()
+    assert "s3cret" not in serve_args and "tag-key" not in serve_args
 
 
 def _keys(path: Path, *names: str) -> None:

@@ -10,10 +10,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from ragrail.common.errors import RagrailError
+
+if TYPE_CHECKING:  # pydantic and the config schema load only for the commands that need them
+    from ragrail.common.config import Settings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 log = logging.getLogger("ragrail")
@@ -337,6 +341,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     settings = _settings(args)
     prepare_builtin_models(settings.models_path)
+    # The Serve applications get the config as it is: their args are visible in Ray's state, so the
+    # secrets the environment holds go to the gateway alone.
     stack = LocalStack(settings)
     log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
     try:
@@ -345,7 +351,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         log.info("services running on Serve's gRPC port %s:%d (%s)", settings.serve.host, settings.serve.grpc_port, ingress)
         return asyncio.run(
             _serve_gateway(
-                settings,
+                _gateway_settings(settings),
                 started,
                 ingest_sample=not args.no_sample,
                 statuses=service_statuses,
@@ -362,18 +368,19 @@ PROMPT_TAG_SECRET_ENV = "RAGRAIL_PROMPT_TAG_SECRET"
 FEEDBACK_URL_ENV = "RAGRAIL_FEEDBACK_URL"
 
 
-def _gateway_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The gateway's settings; its secrets (the prompt-tag key, the feedback database's URL) may
-    come from the environment: a Secret in Kubernetes, the same for every replica and in no ConfigMap."""
+def _gateway_settings(settings: Settings) -> Settings:
+    """The gateway's settings, for `ragrail gateway` and `ragrail up` alike: its secrets (the prompt-tag
+    key, the feedback database's URL) may come from the environment: a Secret in Kubernetes, the same
+    for every replica and in no ConfigMap. The config wins where it sets them."""
     from ragrail.common.config import with_gateway_secrets
 
-    return with_gateway_secrets(_settings(args), os.environ)
+    return with_gateway_secrets(settings, os.environ)
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     return asyncio.run(
         _serve_gateway(
-            _gateway_settings(args),
+            _gateway_settings(_settings(args)),
             time.monotonic(),
             ingest_sample=False,
             health=(args.health_host, args.health_port),

@@ -314,7 +314,7 @@ class FeedbackSettings(Strict):
 
     url: str | None = Field(
         None, description="postgresql://user@host/db (or sqlite:///path); default: SQLite at gateway.feedback_db. "
-        "`ragrail gateway` also reads RAGRAIL_FEEDBACK_URL (from a Secret), used when this is unset"
+        "`ragrail gateway` and `ragrail up` also read RAGRAIL_FEEDBACK_URL (from a Secret), used when this is unset"
     )
     retention_days: float = Field(90.0, gt=0, description="ratings older than this are deleted")
     attribution_hours: float = Field(

@@ -11,10 +11,18 @@ otherwise (unknown id, another key's id, expired) it is stored with pipeline and
 (the proto defaults "" and 0 mean "unknown") and ``matched_request`` is false. Another key's id
 is treated as unknown rather than refused, so nothing tells a caller which ids exist.
 
-Bounds: one key may store ``per_key_limit`` ratings per ``per_key_window_s`` over all replicas
-(RESOURCE_EXHAUSTED past it; concurrent writers may overshoot by at most their number, as the
-count and the insert are not one atomic step); ``sweep`` deletes expired ratings and
-attributions, at most ``sweep_batch`` rows per table per call.
+One rating per answer and key: a key that rates the same request id again replaces its earlier
+rating (rating, comment and time; the attribution too, unless the new rating finds none where
+the earlier one did, e.g. after ``attribution_hours``), so a version's count is how many answers
+were rated and its mean weighs each answer once, however often a caller changes their mind or
+resends. (With auth off every caller is the one anonymous key: the latest rating of an id wins.)
+Another key's rating of the same id is its own row. Ratings imported without a key (``record``)
+are kept as given.
+
+Bounds: one key may store ``per_key_limit`` ratings (a replaced one counts once) per
+``per_key_window_s`` over all replicas (RESOURCE_EXHAUSTED past it; concurrent writers may
+overshoot by at most their number, as the count and the insert are not one atomic step);
+``sweep`` deletes expired ratings and attributions, at most ``sweep_batch`` rows per table per call.
 
 Every write is committed before a method returns, so an acknowledged rating survives a crash of
 the gateway. The schema is created or migrated on open, once per process, and its version kept
@@ -34,7 +42,7 @@ from pathlib import Path
 from ragrail.common.config import FeedbackSettings
 from ragrail.common.errors import InvalidArgument, ResourceExhausted
 from ragrail.gateway.auth import ANONYMOUS_NAME
-from ragrail.gateway.sqldb import MEMORY, Database, Dialect, Transaction, open_database
+from ragrail.gateway.sqldb import MEMORY, Database, Dialect, Transaction, open_database, redact
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,13 @@ def _migrations(d: Dialect) -> list[list[str]]:
                 answered_at {d.float_type} NOT NULL
             )""",
             "CREATE INDEX answers_answered_at ON answers (answered_at)",
+        ],
+        [  # 3: one rating per (request id, key): the latest replaces earlier ones. Duplicates from
+            # before are collapsed to the latest (highest id). A replica still on schema 2 during a
+            # rolling upgrade gets a unique violation for a re-rating (INTERNAL) until it is replaced.
+            "DELETE FROM feedback WHERE principal IS NOT NULL AND id NOT IN"
+            " (SELECT MAX(id) FROM feedback WHERE principal IS NOT NULL GROUP BY request_id, principal)",
+            "CREATE UNIQUE INDEX feedback_request_principal ON feedback (request_id, principal)",
         ],
     ]
 
@@ -131,6 +146,7 @@ class FeedbackStore:
     ) -> None:
         self.settings = settings or FeedbackSettings()
         self._clock = clock
+        self.location = redact(str(target))  # for logs: the URL's password masked
         s = self.settings
         self._db: Database = open_database(
             str(target),
@@ -169,7 +185,8 @@ class FeedbackStore:
     # -- ratings ---------------------------------------------------------------------------
 
     def submit(self, request_id: str, principal: str, rating: int, comment: str | None = None) -> Recorded:
-        """Stores a caller's rating, attributed when ``principal`` was answered ``request_id`` recently.
+        """Stores a caller's rating (replacing its earlier one of ``request_id``), attributed when
+        ``principal`` was answered ``request_id`` recently.
 
         Raises InvalidArgument for a bad rating, ResourceExhausted past the key's limit.
         """
@@ -179,8 +196,7 @@ class FeedbackStore:
             self._check_limit(tx, principal, now)
             attributed = self._attribution(tx, request_id, principal, now)
             pipeline, version = attributed if attributed else (None, None)
-            row_id = _insert(tx, request_id, pipeline, version, rating, comment, principal, now)
-        return Recorded(row_id, pipeline, version)
+            return _insert(tx, request_id, pipeline, version, rating, comment, principal, now)
 
     async def submit_async(
         self, request_id: str, principal: str, rating: int, comment: str | None = None
@@ -204,7 +220,7 @@ class FeedbackStore:
             return _insert(
                 tx, request_id, pipeline if known else None, version if known and version else None,
                 rating, comment, principal, self._clock(),
-            )
+            ).row_id
 
     async def record_async(
         self,
@@ -299,13 +315,26 @@ def _insert(
     comment: str | None,
     principal: str | None,
     now: float,
-) -> int:
-    [(row_id,)] = tx.execute(
+) -> Recorded:
+    # A key's second rating of an id replaces its first (the row keeps its id); the attribution the
+    # first one found stays when the second finds none (its answer's attribution expired meanwhile).
+    # pipeline and version are NULL together, so the two COALESCEs pick from the same row. Rows
+    # without a principal (imports through ``record``) never conflict: NULLs are distinct in a
+    # unique index. Returns the row as stored.
+    [(row_id, stored_pipeline, stored_version)] = tx.execute(
         "INSERT INTO feedback (request_id, pipeline, pipeline_version, rating, comment, principal, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, principal) DO UPDATE SET"
+        " pipeline = COALESCE(excluded.pipeline, feedback.pipeline),"
+        " pipeline_version = COALESCE(excluded.pipeline_version, feedback.pipeline_version),"
+        " rating = excluded.rating, comment = excluded.comment, created_at = excluded.created_at"
+        " RETURNING id, pipeline, pipeline_version",
         (request_id, pipeline, version, rating, comment or None, principal, now),
     )
-    return int(row_id)
+    return Recorded(
+        int(row_id),
+        None if stored_pipeline is None else str(stored_pipeline),
+        None if stored_version is None else int(stored_version),
+    )
 
 
 def _migrate(db: Database) -> int:

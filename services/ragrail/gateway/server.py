@@ -214,6 +214,9 @@ def build_gateway(
         else Authenticator(None, enabled=g.auth.enabled)
     )
     feedback = FeedbackStore(settings.feedback_target, settings=g.feedback)
+    # One line per process that says which store it shares: what an operator checks after setting
+    # the database URL (deploy/helm/README.md, "Feedback store").
+    log.info("feedback store: %s at %s (schema version %d)", feedback.backend, feedback.location, feedback.schema_version)
     state = GatewayState(registry=registry, runner=runner, last_reload_error=lambda: loader.last_error)
     return GatewayServicer(state, ingestor, metrics, auth, feedback), loader
 
