@@ -22,6 +22,7 @@ import yaml
 from ragrail.gateway.auth import hash_key
 from ragrail.gateway.feedback import FeedbackStore
 from ragrail.gateway.v1 import gateway_pb2 as pb
+from ragrail.common.errors import Unavailable
 from tests.contract.gateway_fixtures import COLLECTION, GatewayFactory, Harness, make_pki, spec, write_spec
 from tests.unit.fakes import FakeGeneration, FakeStack
 
@@ -302,6 +303,32 @@ async def test_admission_queues_one_then_refuses_with_retry_after(gateways: Gate
 # -- 4. feedback ---------------------------------------------------------------------------
 
 
+async def test_a_feedback_store_that_is_down_costs_answers_no_time_once_its_circuit_opens(
+    gateways: GatewayFactory,
+) -> None:
+    h = await gateways([spec("rag")])
+    tries = 0
+
+    async def store_down(*_args: Any) -> None:
+        nonlocal tries
+        tries += 1
+        await asyncio.sleep(0.2)  # a database that answers late, then not at all
+        raise Unavailable("feedback store unreachable")
+
+    h.gateway.servicer.feedback.remember_answer_async = store_down  # type: ignore[method-assign]
+    stub = h.stub()
+    answers = [await stub.Run(run(), timeout=5) for _ in range(8)]
+    assert all(a.answer == ANSWER and not a.fallback for a in answers)  # every answer sent
+    threshold = h.settings.gateway.resilience.failure_threshold
+    assert tries == threshold  # then the circuit opened: the rest did not wait on the store
+    assert h.sample("ragrail_gateway_feedback_store_errors_total", {"operation": "remember_answer_skipped"}) == (
+        8 - threshold
+    )
+    status = await stub.Status(pb.StatusRequest(), timeout=5)
+    assert {c.service: c.state for c in status.circuits}["feedback_store"] == "open"
+
+
+
 async def test_feedback_is_matched_validated_and_stored(gateways: GatewayFactory) -> None:
     h = await gateways([spec("rag")])
     stub = h.stub()
@@ -338,8 +365,8 @@ async def test_status_lists_pipelines_routes_and_opens_circuits(gateways: Gatewa
     assert [(p.name, p.version, p.is_default) for p in status.pipelines] == [("rag", 1, True), ("rag", 2, False)]
     assert [(r.name, dict(r.weights)) for r in status.routes] == [("rag", {1: 90, 2: 10})]
     assert {c.service: c.state for c in status.circuits} == {
-        s: "closed" for s in ("embedding", "generation", "moderation", "retrieval")
-    }
+        s: "closed" for s in ("embedding", "generation", "moderation", "retrieval", "feedback_store")
+    }  # the feedback store's: every answer's attribution is written there
     assert status.last_reload_error == ""
 
     embedding = h.stack.embedding
@@ -353,7 +380,10 @@ async def test_status_lists_pipelines_routes_and_opens_circuits(gateways: Gatewa
             break
         await stub.Run(run("rag@1"), timeout=5)
     states = {c.service: c.state for c in status.circuits}
-    assert states == {"embedding": "open", "generation": "closed", "moderation": "closed", "retrieval": "closed"}
+    assert states == {
+        "embedding": "open", "generation": "closed", "moderation": "closed", "retrieval": "closed",
+        "feedback_store": "closed",
+    }
     assert h.sample("ragrail_gateway_circuit_state", {"service": "embedding"}) == 2
     assert h.sample("ragrail_gateway_circuit_state", {"service": "generation"}) == 0
 

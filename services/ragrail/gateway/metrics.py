@@ -114,7 +114,8 @@ class GatewayMetrics:
         self.feedback_store_errors = Counter(
             "ragrail_gateway_feedback_store_errors_total",
             "Feedback store calls that failed (database down or too slow), by operation: submit (the rating "
-            "was refused with UNAVAILABLE) or remember_answer (the answer was sent, its rating will be unattributed).",
+            "was refused with UNAVAILABLE), remember_answer (the answer was sent, its rating will be unattributed) or "
+            "remember_answer_skipped (the same, not even tried: the feedback_store circuit was open).",
             ["operation"],
             registry=self.registry,
         )

@@ -41,6 +41,7 @@ INGEST_BUDGET_S = 600.0
 # The pipeline label of ingestion's stage timings: no spec can have this name (specs.NAME).
 INGEST_METRICS_PIPELINE = "(ingest)"
 STATUS_CHECK_S = 2.0  # Status asks the retrieval service about collections for at most this long
+FEEDBACK_STORE = "feedback_store"  # its circuit, beside the model services' in Status
 # Runs that ended this way tell a latency-steered admission limit to shrink.
 OVERLOADED = frozenset({FallbackReason.STAGE_TIMEOUT, FallbackReason.OVERLOAD})
 
@@ -126,6 +127,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.metrics = metrics
         self.auth = auth
         self.feedback = feedback
+        state.runner.breaker(FEEDBACK_STORE)  # in Status from the start, beside the model services'
 
     def _caller(self, grpc_context: Any, method: str) -> Call:
         """The caller the interceptor admitted; for an in-process call (no interceptor), the
@@ -204,12 +206,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def _remember(self, request_id: str, result: RunResult, principal: Principal) -> None:
         """Stores which version answered, for a rating sent to any replica. A store that is down
-        costs the rating its attribution, never the caller its answer."""
+        costs the rating its attribution, never the caller its answer, and past a few failures
+        not its time either: its circuit opens and answers go out without waiting on it."""
+        breaker = self.state.runner.breaker(FEEDBACK_STORE)
+        if not breaker.allow():
+            self.metrics.feedback_store_errors.labels("remember_answer_skipped").inc()
+            return
         try:
             await self.feedback.remember_answer_async(request_id, result.pipeline, result.version, principal.name)
         except RagrailError as exc:
+            breaker.record_failure()
             self.metrics.feedback_store_errors.labels("remember_answer").inc()
             log.warning("answer %s not attributable to %s@%d: %s", request_id, result.pipeline, result.version, exc)
+        else:
+            breaker.record_success()
 
     @grpc_method(pb.FeedbackResponse)
     async def Feedback(self, request: pb.FeedbackRequest, grpc_context: Any = None) -> pb.FeedbackResponse:
