@@ -623,5 +623,6 @@ def test_strict_validation_catches_an_unknown_field(rendered: Render) -> None:
 def test_a_deployment_name_in_config_is_refused_by_the_chart() -> None:
     import helm_python
 
-    with pytest.raises(helm_python.HelmError, match="`name` is set by the chart"):
+    # The schema (the config's DeploymentOptions) refuses it before the template's own check.
+    with pytest.raises(helm_python.HelmError, match="deployment': additional properties 'name' not allowed"):
         _render_with({"config": {"embedding": {"deployment": {"name": "Other"}}}})
