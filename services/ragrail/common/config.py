@@ -490,6 +490,19 @@ class ServeSettings(Strict):
     startup_timeout_s: float = Field(
         120.0, gt=0, description="how long `up` waits for services; pending ones are then reported, not awaited"
     )
+    cluster_address: str | None = Field(
+        None,
+        description="deploy the services onto this existing Ray cluster instead of starting a private one "
+        "(`ragrail up --cluster`): what ray.init takes, the GCS host:port seen from a node of that cluster "
+        "(or ray://head:10001 from elsewhere). The services go in as a RayService puts them (serveConfigV2); "
+        "Ctrl-C removes them and leaves the cluster running. Node-wide settings (num_cpus, fast_path, "
+        "metrics_export_port) are then the cluster's own",
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="where Serve runs its ingress proxies: EveryNode (any node takes traffic; Kubernetes) or "
+        "HeadOnly (one proxy: several nodes on one machine, which would all bind the same ports)",
+    )
     metrics_export_port: int | None = Field(
         9465, ge=1, le=65535,
         description="Ray's Prometheus endpoint (ray_serve_* and ragrail_service_* metrics) for `make observe`; "

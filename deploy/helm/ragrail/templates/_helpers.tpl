@@ -217,7 +217,7 @@ app.kubernetes.io/component: ray
 {{- end -}}
 {{- $serveSettings := dig "serve" dict $cfg -}}
 {{- toJson (dict
-  "proxy_location" $serve.proxy_location
+  "proxy_location" (dig "proxy_location" $serve.proxy_location $serveSettings)
   "http_options" (dict "host" $serve.proxy_host "port" (int (dig "http_port" 8000 $serveSettings)))
   "grpc_options" (dict
     "port" (int (dig "grpc_port" 9000 $serveSettings))
