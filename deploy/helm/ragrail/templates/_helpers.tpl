@@ -398,3 +398,21 @@ affinity:
   {{- $text | trimSuffix "\n" | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* A Ray group's node labels and custom resources (KubeRay's labels / resources: `ray start
+     --labels` / `--resources`), what label_selector, accelerator_type and resources in a
+     service's ray_actor_options select. Values become strings, as the CRD wants. */}}
+{{- define "ragrail.rayLabelsResources" -}}
+{{- with .rayLabels }}
+labels:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- with .rayResources }}
+resources:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
