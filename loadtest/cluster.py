@@ -103,8 +103,12 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
 
+    def __post_init__(self) -> None:
+        self._ports: set[int] = set()
+        self._blocks: set[int] = set()
+
     def start(self) -> None:
-        self.gcs_port = free_port()
+        self.gcs_port = self._port()
         try:
             for spec in self.specs:  # the first is the head
                 self.start_node(spec)
@@ -118,7 +122,8 @@ class LocalCluster:
         # Socket paths live under the temp dir and are capped at 107 characters: keep it short.
         temp_dir = Path(tempfile.mkdtemp(prefix=f"{spec.name[:3]}", dir=self.root))
         log_path = self.root / f"{spec.name}.log"
-        workers = free_port_block(WORKER_PORTS)
+        workers = self._port_block()
+        port = self._port
         args = [
             str(RAY), "start", "--block", "--disable-usage-stats",
             "--node-ip-address", "127.0.0.1",
@@ -126,12 +131,12 @@ class LocalCluster:
             "--num-cpus", str(spec.num_cpus),
             "--num-gpus", str(spec.num_gpus),
             "--object-store-memory", str(self.object_store_bytes),
-            "--node-manager-port", str(free_port()),
-            "--object-manager-port", str(free_port()),
-            "--metrics-export-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--dashboard-agent-grpc-port", str(free_port()),
+            "--node-manager-port", str(port()),
+            "--object-manager-port", str(port()),
+            "--metrics-export-port", str(port()),
+            "--runtime-env-agent-port", str(port()),
+            "--dashboard-agent-listen-port", str(port()),
+            "--dashboard-agent-grpc-port", str(port()),
             "--min-worker-port", str(workers),
             "--max-worker-port", str(workers + WORKER_PORTS - 1),
         ]
@@ -142,7 +147,7 @@ class LocalCluster:
         if head:
             args += [
                 "--head", "--port", str(self.gcs_port), "--include-dashboard", "false",
-                "--ray-client-server-port", str(free_port()),
+                "--ray-client-server-port", str(port()),
             ]
         else:
             args += ["--address", self.address]
@@ -155,6 +160,21 @@ class LocalCluster:
         self.nodes[spec.name] = node
         self._wait_started(node, offset)
         return node
+
+    def _port(self) -> int:
+        """A free port no node of this cluster was given yet (a port is only reserved once bound)."""
+        while (found := free_port()) in self._ports:
+            pass
+        self._ports.add(found)
+        return found
+
+    def _port_block(self) -> int:
+        """A block of free worker ports, distinct from the other nodes' (not bound until workers start)."""
+        while True:
+            start = free_port_block(WORKER_PORTS)
+            if all(abs(start - taken) >= WORKER_PORTS for taken in self._blocks):
+                self._blocks.add(start)
+                return start
 
     def _wait_started(self, node: Node, offset: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
