@@ -230,8 +230,12 @@ class ClusterStack:
     def start(self, timeout_s: float | None = None) -> None:
         import ray
 
+        host = self.address.removeprefix("ray://").rpartition(":")[0]
         ray.init(
             address=self.address,
+            # Nodes on loopback (several on one machine): the driver must say it is on loopback too,
+            # or Ray looks for a node at the machine's routable address and finds none.
+            _node_ip_address=host if is_loopback(host) and not self.address.startswith("ray://") else None,
             logging_level=logging.WARNING,
             log_to_driver=False,
             configure_logging=True,
