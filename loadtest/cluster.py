@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,17 @@ class LocalCluster:
         self._ports: set[int] = set()
         self._blocks: set[int] = set()
 
+    def env(self) -> dict[str, str]:
+        """The environment of this cluster's nodes and of a driver joining it: node_env() plus
+        token authentication with a token of this cluster's own (Ray 2.60 turns token auth on
+        for a head that finds ~/.ray/auth_token, and a worker node then needs the token; a
+        private one keeps the user's out of it)."""
+        token = self.root / "auth_token"
+        if not token.exists():
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
+        return node_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
     def start(self) -> None:
         self.gcs_port = self._port()
         try:
@@ -154,7 +166,7 @@ class LocalCluster:
         offset = len(log_path.read_text(errors="replace")) if log_path.exists() else 0
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=node_env(), start_new_session=True
+                args, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
             )
         node = Node(spec, temp_dir, log_path, process)
         self.nodes[spec.name] = node
@@ -297,11 +309,12 @@ class Gateway:
 
     config_path: Path
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # the cluster's (LocalCluster.env())
     process: subprocess.Popen[str] | None = None
     address: str = ""
 
     def start(self, extra_args: tuple[str, ...] = ()) -> str:
-        env = node_env()
+        env = dict(self.env or node_env())
         env.pop("RAGRAIL_DATA_DIR", None)
         env.pop("RAGRAIL_MODELS_DIR", None)
         with self.log_path.open("w") as log:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster up at {cluster.address} ({time.monotonic() - started:.0f} s)", flush=True)
 
         config_path, _ = write_config(work, cluster)
-        gateway = Gateway(config_path, work / "up.log")
+        gateway = Gateway(config_path, work / "up.log", cluster.env())
         print(f"ragrail up --cluster {cluster.address} --config {config_path} (log: {gateway.log_path})", flush=True)
         deploy_started = time.monotonic()
         address = gateway.start(("--cluster", cluster.address))

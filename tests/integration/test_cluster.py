@@ -108,7 +108,7 @@ def on_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OnCluster]:
         cluster.start()
         print(f"\n[cluster] three nodes up in {time.monotonic() - started:.1f} s at {cluster.address}", flush=True)
         config_path, _ = write_config(folder, cluster, lambda c: _test_config(c, folder))
-        gateway = Gateway(config_path, folder / "up.log")
+        gateway = Gateway(config_path, folder / "up.log", cluster.env())
         deploy = time.monotonic()
         gateway.start()
         print(f"[cluster] ragrail up (serve.cluster_address) ready in {time.monotonic() - deploy:.1f} s", flush=True)
