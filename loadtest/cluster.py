@@ -204,10 +204,10 @@ class LocalCluster:
         workers holding its replicas). Returns when they are gone; the monotonic time of the kill."""
         node = self.nodes[name]
         killed_at = time.monotonic()
+        _kill_processes_naming(node.temp_dir)  # the raylet and its workers at once, found first
         if node.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.process.pid, signal.SIGKILL)
-        _kill_processes_naming(node.temp_dir)
         if node.process is not None:
             node.process.wait(timeout=30)
         return killed_at
@@ -230,17 +230,23 @@ class LocalCluster:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(node.process.pid, signal.SIGKILL)
         stop_processes_using([node.temp_dir for node in self.nodes.values()])
+        for pid in self.leftovers():  # renamed workers whose raylet went first
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def leftovers(self) -> list[int]:
-        """PIDs of processes still naming this cluster's folders (none after stop())."""
+        """PIDs of this cluster's processes still running (none after stop()): those naming its
+        folder on their command line or in their environment (every node process, worker and
+        driver inherits RAY_AUTH_TOKEN_PATH under it, renamed workers included)."""
         needle = str(self.root).encode()
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 with contextlib.suppress(OSError):
-                    if needle in (entry / "cmdline").read_bytes():
-                        found.append(int(entry.name))
+                    if needle in (entry / "cmdline").read_bytes() or needle in (entry / "environ").read_bytes():
+                        if (entry / "stat").read_text().split(") ", 1)[1][:1] != "Z":  # zombies hold nothing
+                            found.append(int(entry.name))
         return found
 
 
@@ -258,13 +264,21 @@ def node_env() -> dict[str, str]:
 
 
 def _kill_processes_naming(folder: Path) -> None:
+    """SIGKILL to the processes naming ``folder`` and all their descendants: a worker renames
+    itself (``ray::ServeReplica:...``, so its command line no longer names the temp dir) but
+    stays the raylet's child."""
+    import psutil
+
     needle = str(folder).encode()
-    pids = []
+    pids: set[int] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
                 if needle in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
+                    pids.add(int(entry.name))
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
