@@ -449,7 +449,9 @@ def test_gpu_profile_places_by_labels_and_spreads(rendered: Render) -> None:
         options = deployments[service]["ray_actor_options"]
         assert options["num_gpus"] > 0 and options["label_selector"] == {"ragrail/pool": "gpu"}
     for service in ("moderation", "retrieval"):
-        assert deployments[service]["ray_actor_options"]["num_gpus"] == 0
+        options = deployments[service]["ray_actor_options"]
+        assert options["num_gpus"] == 0 and options["label_selector"] == {"ragrail/pool": "cpu"}
+        assert options["fallback_strategy"] == [{"label_selector": {"ragrail/pool": "gpu"}}]
         assert deployments[service]["max_replicas_per_node"] == 2
     custom = copy.deepcopy(SCENARIOS["gpu-profile"])
     custom["rayService"]["workerGroups"][1]["rayResources"] = {"accelerator_type:L4": 1}
