@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ragrail-installed
 
-.PHONY: setup up test fuzz protos clean chart chart-check tools bench observe loadtest image eval chaos overload
+.PHONY: setup up test fuzz protos clean chart chart-check tools bench observe loadtest image eval chaos overload cluster-demo
 
 # `make image`: the container image the Helm chart runs (gateway and Ray pods). The default name
 # is the chart's default image (values.yaml image.repository, tag = Chart.yaml appVersion =
@@ -62,6 +62,13 @@ chaos: setup
 OVERLOAD_REPORT ?= build/overload-report.json
 overload: setup
 	$(PY) loadtest/overload.py --report $(OVERLOAD_REPORT) $(OVERLOAD_ARGS)
+
+# Past one machine, shown on one (issue 17): a head and two worker nodes on 127.0.0.1 (one declaring
+# a GPU, the `demo` accelerator and a pool label; one CPU-only), the services deployed onto them with
+# `ragrail up --cluster` and the GPU profile (loadtest/cluster-gpu.yaml); prints where each replica
+# landed, asks one question, stops all it started. ~2-4 minutes here.  CLUSTER_ARGS=--hold keeps it up.
+cluster-demo: setup
+	$(PY) loadtest/cluster_demo.py $(CLUSTER_ARGS)
 
 # promtool (Debian's prometheus package) for the alert-rule checks; no-op when present.
 tools:

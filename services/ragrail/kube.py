@@ -42,7 +42,8 @@ DEPLOYMENT_NAMES = {
 }
 # Same as the local stack (ragrail.stack.LocalStack.start).
 LOGGING_CONFIG = {"enable_access_log": False, "log_level": "WARNING"}
-# Proxies listen on all of a pod's interfaces; on every node so any pod can take traffic.
+# Proxies listen on all of a pod's interfaces; by default (serve.proxy_location) on every node so
+# any pod can take traffic.
 PROXY_HOST = "0.0.0.0"
 PROXY_LOCATION = "EveryNode"
 
@@ -64,8 +65,13 @@ def deployment_options(service: str, block: dict[str, Any]) -> dict[str, Any]:
     return {"name": DEPLOYMENT_NAMES[service], **block}
 
 
-def serve_config_v2(settings: Settings, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The RayService ``spec.serveConfigV2`` (as a mapping; the CRD holds it as YAML text)."""
+def serve_config_v2(
+    settings: Settings, extra_env: dict[str, str] | None = None, proxy_host: str = PROXY_HOST
+) -> dict[str, Any]:
+    """The RayService ``spec.serveConfigV2`` (as a mapping; the CRD holds it as YAML text).
+
+    ``ragrail up --cluster`` deploys the same mapping with ``proxy_host`` = ``serve.host``.
+    """
     args = config_mapping(settings)
     env_vars = {**REPLICA_ENV, **(extra_env or {})}
     applications = []
@@ -82,8 +88,8 @@ def serve_config_v2(settings: Settings, extra_env: dict[str, str] | None = None)
             }
         )
     return {
-        "proxy_location": PROXY_LOCATION,
-        "http_options": {"host": PROXY_HOST, "port": settings.serve.http_port},
+        "proxy_location": settings.serve.proxy_location,
+        "http_options": {"host": proxy_host, "port": settings.serve.http_port},
         "grpc_options": {
             "port": settings.serve.grpc_port,
             "grpc_servicer_functions": list(SERVICER_FUNCTIONS),

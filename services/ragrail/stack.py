@@ -159,28 +159,7 @@ class LocalStack:
         serve.run_many(targets, wait_for_applications_running=False)
 
     def wait_until_running(self, timeout_s: float) -> None:
-        """Waits for every app; a replica that cannot be scheduled is named, not waited on forever.
-
-        Ingestion needs embedding and retrieval, so those must run. Another
-        service still pending at the timeout (e.g. asking for a GPU this machine
-        lacks) is logged and left pending: the gateway answers its stages with a
-        canned BACKEND_UNAVAILABLE / STAGE_TIMEOUT, and `ragrail status` says why.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            statuses = {name: state.status for name, state in service_statuses().items()}
-            failed = {k: v for k, v in statuses.items() if v.startswith("DEPLOY_FAILED")}
-            if failed:
-                raise FailedPrecondition(f"services failed to deploy: {failed}")
-            if all(v == "RUNNING" for v in statuses.values()) and len(statuses) == len(SERVICES):
-                return
-            if time.monotonic() > deadline:
-                missing = {k: v for k, v in statuses.items() if v != "RUNNING"}
-                if any(statuses.get(name) != "RUNNING" for name in REQUIRED_SERVICES):
-                    raise FailedPrecondition(f"services not running after {timeout_s:.0f} s: {missing}")
-                log.warning("starting without services that are not running yet: %s", missing)
-                return
-            time.sleep(0.5)
+        wait_until_running(timeout_s)
 
     def stop(self) -> None:
         if not self.started:
@@ -203,6 +182,124 @@ class LocalStack:
     @property
     def log_dir(self) -> Path:
         return self.temp_dir / "session_latest" / "logs"
+
+
+def wait_until_running(timeout_s: float) -> None:
+    """Waits for every app; a replica that cannot be scheduled is named, not waited on forever.
+
+    Ingestion needs embedding and retrieval, so those must run. Another
+    service still pending at the timeout (e.g. asking for a GPU this machine
+    lacks) is logged and left pending: the gateway answers its stages with a
+    canned BACKEND_UNAVAILABLE / STAGE_TIMEOUT, and `ragrail status` says why.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = {name: state.status for name, state in service_statuses(placements=False).items()}
+        failed = {k: v for k, v in statuses.items() if v.startswith("DEPLOY_FAILED")}
+        if failed:
+            raise FailedPrecondition(f"services failed to deploy: {failed}")
+        if all(v == "RUNNING" for v in statuses.values()) and len(statuses) == len(SERVICES):
+            return
+        if time.monotonic() > deadline:
+            missing = {k: v for k, v in statuses.items() if v != "RUNNING"}
+            if any(statuses.get(name) != "RUNNING" for name in REQUIRED_SERVICES):
+                raise FailedPrecondition(f"services not running after {timeout_s:.0f} s: {missing}")
+            log.warning("starting without services that are not running yet: %s", missing)
+            return
+        time.sleep(0.5)
+
+
+@dataclass
+class ClusterStack:
+    """The four services on a Ray cluster someone else runs (``ragrail up --cluster``).
+
+    The path a RayService takes: KubeRay PUTs ``serveConfigV2`` to the dashboard, whose handler
+    starts Serve with the config's proxy options and deploys the applications by import path;
+    here the same mapping (ragrail.kube.serve_config_v2) goes the same way from a driver, so the
+    dashboard may stay off. The controller imports ``ragrail.<service>.deployment:build_app`` on
+    the cluster: ragrail must be importable on its nodes (installed, or PYTHONPATH when they
+    started). Applications other than ragrail's that were deployed from a config are kept. stop()
+    deletes the four applications and disconnects; Serve and the cluster keep running.
+    """
+
+    settings: Settings
+    address: str
+    started: bool = False
+    deployed: bool = False
+
+    def start(self, timeout_s: float | None = None) -> None:
+        import ray
+
+        host = self.address.removeprefix("ray://").rpartition(":")[0]
+        ray.init(
+            address=self.address,
+            # Nodes on loopback (several on one machine): the driver must say it is on loopback too,
+            # or Ray looks for a node at the machine's routable address and finds none.
+            _node_ip_address=host if is_loopback(host) and not self.address.startswith("ray://") else None,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+        )
+        self.started = True
+        try:
+            self.deploy()
+            self.wait_until_running(timeout_s or self.settings.serve.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def deploy(self) -> None:
+        from ray.serve._private.api import serve_start
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        from ragrail.kube import serve_config_v2
+
+        config = serve_config_v2(self.settings, proxy_host=self.settings.serve.host)
+        ours = {app["name"] for app in config["applications"]}
+        running = _get_global_client(raise_if_no_controller_running=False)
+        if running is not None:  # a config deploy replaces every config-deployed app: keep the others
+            details = running.get_serve_details().get("applications") or {}
+            config["applications"] += [
+                app["deployed_app_config"]
+                for name, app in details.items()
+                if name not in ours and app.get("deployed_app_config")
+            ]
+        schema = ServeDeploySchema.model_validate(config)
+        # What the dashboard's PUT /api/serve/applications/ does (ray/dashboard/modules/serve/serve_head.py).
+        client = serve_start(
+            http_options=schema.http_options.model_dump(),
+            grpc_options=schema.grpc_options.model_dump(),
+            proxy_location=schema.proxy_location,
+            global_logging_config=schema.logging_config,
+        )
+        client.deploy_apps(schema)
+        self.deployed = True
+
+    def wait_until_running(self, timeout_s: float) -> None:
+        wait_until_running(timeout_s)
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        import ray
+
+        try:
+            if self.deployed:
+                from ray.serve.context import _get_global_client
+
+                client = _get_global_client(raise_if_no_controller_running=False)
+                if client is not None:
+                    present = set(client.get_serve_details().get("applications") or {})
+                    client.delete_apps([name for name in SERVICES if name in present], blocking=True)
+                self.deployed = False
+        finally:
+            ray.shutdown()
+            self.started = False
+
+    @property
+    def log_dir(self) -> Path:
+        return Path("(the cluster's nodes: <temp dir>/session_latest/logs on each)")
 
 
 def stop_processes_using(folders: list[Path], wait_s: float = 3.0) -> list[int]:
@@ -232,33 +329,113 @@ def stop_processes_using(folders: list[Path], wait_s: float = 3.0) -> list[int]:
 
 
 @dataclass(frozen=True)
+class NodeInfo:
+    """A Ray node as `ragrail status` shows it."""
+
+    node_id: str
+    ip: str
+    head: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # its own (ray start --labels), not ray.io/*
+    resources: dict[str, float] = field(default_factory=dict)  # totals: CPU, GPU, memory, custom
+
+    def describe(self) -> str:
+        """``1a2b3c4d 127.0.0.1 head CPU 1 GPU 1 accelerator_type:demo 1 pool=gpu``: short, for a terminal."""
+        shown = {k: v for k, v in self.resources.items() if k in ("CPU", "GPU") or not _ray_internal_resource(k)}
+        parts = [self.node_id[:8], self.ip, *(["head"] if self.head else [])]
+        parts += [f"{k} {v:g}" for k, v in sorted(shown.items())]
+        parts += [f"{k}={v}" for k, v in sorted(self.labels.items())]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    replica_id: str
+    state: str
+    node: NodeInfo | None  # None while the replica waits for a node
+
+
+@dataclass(frozen=True)
 class ServiceState:
     status: str  # RUNNING, or the status and the messages that say why not
     replicas: dict[str, int]  # replica state -> count, summed over the app's deployments
+    placements: tuple[ReplicaPlacement, ...] = ()  # each replica and its node
 
 
-def service_statuses() -> dict[str, ServiceState]:
-    """Per app: RUNNING, or the deployment statuses and messages that explain why not
-    (e.g. replicas that cannot be scheduled because nothing offers the GPU they ask for)."""
+def service_statuses(placements: bool = True) -> dict[str, ServiceState]:
+    """Per ragrail service: RUNNING, or the deployment statuses and messages that explain why
+    not (e.g. replicas that cannot be scheduled because nothing offers the GPU they ask for),
+    with the node of each replica. Other applications on a shared cluster are left out."""
     from ray import serve
 
+    where_all = service_placements() if placements else {}
     out: dict[str, ServiceState] = {}
     for name, app in serve.status().applications.items():
+        if name not in SERVICES:
+            continue
         replicas: dict[str, int] = {}
         for dep in app.deployments.values():
             for state, count in dep.replica_states.items():
                 key = str(getattr(state, "value", state))
                 replicas[key] = replicas.get(key, 0) + count
+        where = tuple(where_all.get(name, ()))
         if app.status == "RUNNING":
-            out[name] = ServiceState("RUNNING", replicas)
+            out[name] = ServiceState("RUNNING", replicas, where)
             continue
         details = [
             f"{dep_name}: {_value(dep.status)} {_first_line(dep.message)}".strip()
             for dep_name, dep in app.deployments.items()
             if dep.status != "HEALTHY"
         ]
-        out[name] = ServiceState(f"{_value(app.status)} ({'; '.join(details) or _first_line(app.message)})", replicas)
+        status = f"{_value(app.status)} ({'; '.join(details) or _first_line(app.message)})"
+        out[name] = ServiceState(status, replicas, where)
     return out
+
+
+def ray_nodes() -> dict[str, NodeInfo]:
+    """Live nodes of the connected cluster by id (from the GCS: works with the dashboard off)."""
+    import ray
+
+    nodes = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        resources = {k: float(v) for k, v in (node.get("Resources") or {}).items()}
+        labels = {k: str(v) for k, v in (node.get("Labels") or {}).items() if not k.startswith("ray.io/")}
+        nodes[node["NodeID"]] = NodeInfo(
+            node_id=node["NodeID"],
+            ip=node.get("NodeManagerAddress", ""),
+            head="node:__internal_head__" in resources,
+            labels=labels,
+            resources=resources,
+        )
+    return nodes
+
+
+def service_placements() -> dict[str, list[ReplicaPlacement]]:
+    """Per app, each replica and its node, from Serve's controller (the details the dashboard's
+    /api/serve/applications/ serves; `serve.status()` has counts only, and the state API needs
+    the dashboard, which the local stack keeps off)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return {}
+    nodes = ray_nodes()
+    out: dict[str, list[ReplicaPlacement]] = {}
+    for app_name, app in (client.get_serve_details().get("applications") or {}).items():
+        for deployment in (app.get("deployments") or {}).values():
+            for replica in deployment.get("replicas") or []:
+                node_id = replica.get("node_id") or ""
+                node = nodes.get(node_id) or (NodeInfo(node_id, replica.get("node_ip") or "") if node_id else None)
+                out.setdefault(app_name, []).append(
+                    ReplicaPlacement(str(replica.get("replica_id", "")), _value(replica.get("state", "")), node)
+                )
+    return out
+
+
+def _ray_internal_resource(name: str) -> bool:
+    """node:<ip>, node:__internal_head__, object_store_memory, memory: not what placement asks for."""
+    return name.startswith("node:") or name in ("object_store_memory", "memory")
 
 
 def is_loopback(host: str) -> bool:

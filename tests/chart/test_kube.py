@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from ragrail.common.config import Settings, load_settings
+from ragrail.common.config import GenerationSettings, Settings, load_settings
 from ragrail.common.serving import app_config, default_cpu_threads
 from ragrail.kube import DEPLOYMENT_NAMES, config_mapping, serve_config_v2
 from ragrail.stack import REPLICA_ENV, SERVICER_FUNCTIONS, SERVICES
@@ -56,9 +56,25 @@ def test_extra_env_is_added_over_replica_env() -> None:
 
 @pytest.mark.parametrize("key", ["num_replica", "name"])
 def test_deployment_keys_serve_does_not_take_are_rejected(key: str) -> None:
-    settings = Settings.model_validate({"generation": {"deployment": {key: 2}}})
+    """At load (the config's DeploymentOptions), and again when serveConfigV2 is built."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=f"generation.deployment\n.*{key}: Extra inputs are not permitted"):
+        Settings.model_validate({"generation": {"deployment": {key: 2}}})
+    settings = Settings.model_construct(generation=GenerationSettings.model_construct(deployment={key: 2}))
     with pytest.raises(ValueError, match=f"generation.deployment: not Ray Serve deployment options: {key}"):
         serve_config_v2(settings)
+
+
+def test_the_config_types_every_serve_deployment_option() -> None:
+    """DeploymentOptions and ActorOptions name exactly Serve's options (less `name`, ours to set):
+    a new Ray that adds or drops one fails here, not on a cluster."""
+    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
+
+    from ragrail.common.config import ActorOptions, DeploymentOptions
+
+    assert set(DeploymentOptions.model_fields) == set(DeploymentSchema.model_fields) - {"name"}
+    assert set(ActorOptions.model_fields) == set(RayActorOptionsSchema.model_fields)
 
 
 def test_an_app_rebuilds_its_own_section_from_its_args_alone() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.chart.conftest import (
     RELEASE,
     SCENARIOS,
     Rendered,
+    render,
 )
 
 Render = Callable[[str], Rendered]
@@ -434,6 +436,30 @@ def test_gpu_worker_group(rendered: Render) -> None:
     assert {"name": "models", "persistentVolumeClaim": {"claimName": f"{FULLNAME}-models"}} in spec["volumes"]
 
 
+def test_gpu_profile_places_by_labels_and_spreads(rendered: Render) -> None:
+    """values-gpu.yaml: the GPU services select the gpu group's label, the CPU ones spread; the
+    groups carry the labels as KubeRay's `labels` (ray start --labels), custom resources likewise."""
+    r = rendered("gpu-profile")
+    cluster = r.get("RayService")["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert groups["gpu"]["labels"] == {"ragrail/pool": "gpu"} and groups["cpu"]["labels"] == {"ragrail/pool": "cpu"}
+    assert "labels" not in cluster["headGroupSpec"] and "resources" not in groups["gpu"]
+    deployments = {a["name"]: a["deployments"][0] for a in r.serve_config["applications"]}
+    for service in ("generation", "embedding"):
+        options = deployments[service]["ray_actor_options"]
+        assert options["num_gpus"] > 0 and options["label_selector"] == {"ragrail/pool": "gpu"}
+    for service in ("moderation", "retrieval"):
+        options = deployments[service]["ray_actor_options"]
+        assert options["num_gpus"] == 0 and options["label_selector"] == {"ragrail/pool": "cpu"}
+        assert options["fallback_strategy"] == [{"label_selector": {"ragrail/pool": "gpu"}}]
+        assert deployments[service]["max_replicas_per_node"] == 2
+    custom = copy.deepcopy(SCENARIOS["gpu-profile"])
+    custom["rayService"]["workerGroups"][1]["rayResources"] = {"accelerator_type:L4": 1}
+    [gpu] = [g for g in render(custom).get("RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+             if g["groupName"] == "gpu"]
+    assert gpu["resources"] == {"accelerator_type:L4": "1"}
+
+
 def test_cpu_default_requests_no_gpu(rendered: Render) -> None:
     rs = rendered("default").get("RayService")
     for _, template in _ray_pod_templates(rs):
@@ -623,5 +649,6 @@ def test_strict_validation_catches_an_unknown_field(rendered: Render) -> None:
 def test_a_deployment_name_in_config_is_refused_by_the_chart() -> None:
     import helm_python
 
-    with pytest.raises(helm_python.HelmError, match="`name` is set by the chart"):
+    # The schema (the config's DeploymentOptions) refuses it before the template's own check.
+    with pytest.raises(helm_python.HelmError, match="deployment': additional properties 'name' not allowed"):
         _render_with({"config": {"embedding": {"deployment": {"name": "Other"}}}})

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import re
@@ -149,6 +152,23 @@ class Record:
 
 
 RECORD = Record()
+def live_rss() -> int:
+    """RSS once glibc has handed its free heap back (malloc_trim): what is still held, not the
+    high-water mark of the large transient requests the fuzzer sends (up to the 16 MiB message
+    bound), which glibc otherwise keeps mapped for reuse."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(psutil.Process().memory_info().rss)
+
+
+RSS_AFTER: dict[str, int] = {}  # test id -> RSS when it ended: which RPC's cases grew memory
+
+
+@pytest.fixture(autouse=True)
+def rss_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    RSS_AFTER[request.node.name] = live_rss()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,7 +182,8 @@ def report() -> Iterator[None]:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(
             json.dumps(
-                {"profile": PROFILE, "cases": RECORD.cases, "statuses": RECORD.statuses, "details": RECORD.details},
+                {"profile": PROFILE, "cases": RECORD.cases, "statuses": RECORD.statuses, "details": RECORD.details,
+                 "rss_mib_after": {k: round(v / 2**20) for k, v in RSS_AFTER.items()}},
                 indent=2,
                 ensure_ascii=False,
             ) + "\n"
@@ -416,7 +437,7 @@ def _ids(targets: list[Target]) -> list[str]:
 
 async def test_rss_baseline(services: grpc.Channel, gateway: grpc.Channel) -> None:
     """Both fixtures up and warm: the memory bound is measured from here."""
-    RSS.start = psutil.Process().memory_info().rss
+    RSS.start = live_rss()
 
 
 @pytest.mark.parametrize("target", SERVICE_TARGETS, ids=_ids(SERVICE_TARGETS))
@@ -460,6 +481,11 @@ async def test_a_tiny_divisor_is_answered_cleanly(services: grpc.Channel, sampli
 
 async def test_rss_growth_is_bounded(services: grpc.Channel, gateway: grpc.Channel) -> None:
     assert RSS.start, "runs after test_rss_baseline"
-    growth = psutil.Process().memory_info().rss - RSS.start
+    growth = live_rss() - RSS.start
     print(f"\nRSS growth over the fuzz run: {growth / 2**20:.0f} MiB (bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)")
+    previous = RSS.start
+    for name, rss in RSS_AFTER.items():  # where it grew, test by test
+        if rss - previous >= 8 * 2**20:
+            print(f"  +{(rss - previous) / 2**20:.0f} MiB in {name}")
+        previous = rss
     assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.0f} MiB"

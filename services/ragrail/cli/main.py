@@ -155,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--config", type=Path, help="config file (default: the packaged ragrail.yaml)")
     up.add_argument("--no-sample", action="store_true", help="do not ingest the sample corpus")
     up.add_argument("--pipelines", type=Path, help="folder of pipeline specs (default: the packaged ones)")
+    up.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="deploy the services onto this running Ray cluster (GCS host:port, as `ray start` printed it, "
+        "or ray://head:10001) instead of starting a private one; Ctrl-C removes them and leaves the cluster "
+        "(or serve.cluster_address)",
+    )
     _health_args(up)
     up.set_defaults(func=_cmd_up)
 
@@ -299,7 +306,11 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ragrail.common.config import load_settings
 
-    overrides = {"gateway": {"pipelines_dir": str(args.pipelines)}} if getattr(args, "pipelines", None) else {}
+    overrides: dict[str, dict[str, str]] = {}
+    if getattr(args, "pipelines", None):
+        overrides["gateway"] = {"pipelines_dir": str(args.pipelines)}
+    if getattr(args, "cluster", None):
+        overrides["serve"] = {"cluster_address": args.cluster}
     return load_settings(args.config, **overrides)
 
 
@@ -336,19 +347,28 @@ def _cmd_migrate_store(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from ragrail.common.models import prepare_builtin_models
-    from ragrail.stack import LocalStack, service_statuses
+    from ragrail.stack import ClusterStack, LocalStack, service_statuses
 
     started = time.monotonic()
     settings = _settings(args)
-    prepare_builtin_models(settings.models_path)
+    prepare_builtin_models(settings.models_path)  # on a cluster: this machine's copy (each node needs one)
     # The Serve applications get the config as it is: their args are visible in Ray's state, so the
     # secrets the environment holds go to the gateway alone.
-    stack = LocalStack(settings)
-    log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
+    address = settings.serve.cluster_address
+    stack: LocalStack | ClusterStack
+    if address:
+        stack = ClusterStack(settings, address)
+        log.info("deploying the services onto the Ray cluster at %s", address)
+        ingress = "the cluster's Serve proxy (fast path: as its nodes were started)"
+    else:
+        stack = LocalStack(settings)
+        log.info("starting Ray and the services (logs: %s)", stack.temp_dir)
+        ingress = "HAProxy, Serve's fast path" if settings.serve.fast_path else "Serve's Python proxy"
     try:
         stack.start()
-        ingress = "HAProxy, Serve's fast path" if settings.serve.fast_path else "Serve's Python proxy"
         log.info("services running on Serve's gRPC port %s:%d (%s)", settings.serve.host, settings.serve.grpc_port, ingress)
+        if address:
+            _log_placements(service_statuses())
         return asyncio.run(
             _serve_gateway(
                 _gateway_settings(settings),
@@ -359,9 +379,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
             )
         )
     finally:
-        log.info("stopping Ray")
+        log.info("removing the services from the cluster" if address else "stopping Ray")
         stack.stop()
         log.info("stopped")
+
+
+def _log_placements(statuses: dict[str, object]) -> None:
+    """One line per replica: which node took it (ragrail status shows the same)."""
+    for name, state in sorted(statuses.items()):
+        for placement in getattr(state, "placements", ()):
+            node = placement.node.describe() if placement.node else "no node yet"
+            log.info("replica %s %s %s on %s", name, placement.replica_id, placement.state, node)
 
 
 PROMPT_TAG_SECRET_ENV = "RAGRAIL_PROMPT_TAG_SECRET"
@@ -717,6 +745,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for s in r.services:
             replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.replicas.items()))
             print(f"  {s.name}: {s.status}" + (f"  [replicas: {replicas}]" if replicas else ""))
+            for replica in s.replica_nodes:
+                print(f"    {replica.replica_id}  {replica.state.lower():<18} {describe_node(replica)}")
     if r.collections:
         print("collections:")
         for c in r.collections:
@@ -726,6 +756,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if r.last_reload_error:
         print(f"last pipeline reload rejected: {r.last_reload_error}")
     return EXIT_OK if healthy else EXIT_UNAVAILABLE
+
+
+def describe_node(replica: object) -> str:
+    """``node 1a2b3c4d 127.0.0.1 (head) CPU 1 GPU 1 pool=gpu``, or that it has none yet."""
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    assert isinstance(replica, pb.ReplicaInfo)
+    if not replica.node_id:
+        return "no node yet"
+    resources = " ".join(f"{k} {v:g}" for k, v in sorted(replica.node_resources.items()))
+    labels = " ".join(f"{k}={v}" for k, v in sorted(replica.node_labels.items()))
+    head = " (head)" if replica.head else ""
+    return " ".join(part for part in (f"node {replica.node_id[:8]} {replica.node_ip}{head}", resources, labels) if part)
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:

@@ -9,14 +9,27 @@ block passed verbatim to Ray Serve (``autoscaling_config``, ``ray_actor_options`
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
 from ragrail.common.errors import InvalidArgument
 
@@ -29,6 +42,243 @@ class Strict(BaseModel):
 
 # Weights' dtype (ragrail.common.models.pick_dtype): auto = bfloat16 on CUDA and on CPUs with native bfloat16 (AMX, AVX512-BF16), else float32.
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+# -- Serve deployment options: placement ----------------------------------------------------------
+# A service's `deployment` block is Ray Serve's own vocabulary, passed to Serve as written (locally
+# and in the RayService's serveConfigV2). The options that decide *where* replicas run are typed
+# and checked here, at load, with the rules Ray 2.60 applies only when it deploys (or, for a
+# resource no node offers, never: the replica stays pending). Other Serve options pass unchecked.
+
+# Ray's label syntax (ray/_private/label_utils.py): a name, or for a selector value an optional
+# `!` and `in(a, b)`.
+_LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
+_LABEL_KEY = re.compile(rf"^(({_LABEL})(\.({_LABEL}))*/)?{_LABEL}$")
+_LABEL_SELECTOR = re.compile(rf"^!?(in)?\({_LABEL}(, ?{_LABEL})*\)$|^!?{_LABEL}$")
+# Ray counts resources in units of 1/10,000 (RESOURCE_UNIT_SCALING): a finer fraction is refused.
+_RESOURCE_UNIT = 1e-4
+# Resources Ray names with keywords of their own (num_cpus, num_gpus, memory) or reserves.
+_RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+# What `accelerator_type: X` asks of a node: this resource (Ray adds it to nodes it detects X on;
+# `ray start --resources '{"accelerator_type:X": 1}'` declares it by hand).
+ACCELERATOR_RESOURCE_PREFIX = "accelerator_type:"
+MAX_REPLICAS_PER_NODE_LIMIT = 100  # Ray Serve's own bound
+
+
+def _resource_quantity(value: float, name: str = "") -> float:
+    where = f"{name}: " if name else ""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where}{value} is not a quantity (finite, at least 0)")
+    if value and value < _RESOURCE_UNIT:
+        raise ValueError(f"{where}{value} is finer than Ray's resource unit ({_RESOURCE_UNIT:g})")
+    return value
+
+
+class ActorOptions(BaseModel):
+    """``ray_actor_options`` of a deployment: what each replica needs from a node (Serve's
+    RayActorOptionsSchema, field for field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float | None = Field(
+        None, ge=0, description="CPUs each replica reserves (fractions share a core; Serve's default is 1)"
+    )
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs each replica reserves: a replica lands only on a node offering them; "
+        "a fraction (0.25) lets replicas share one device (Ray divides scheduling, not memory)"
+    )
+    memory: float | None = Field(None, ge=0, description="bytes of memory each replica reserves (scheduling only)")
+    accelerator_type: str | None = Field(
+        None, min_length=1, description="only nodes with this accelerator (H100, A100, L4... as Ray detects it, "
+        "or a node started with the resource accelerator_type:<name>); needs num_gpus > 0"
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each replica reserves, e.g. {\"gpu_pool_a\": 1}: "
+        "only nodes that declare them (ray start --resources, KubeRay rayStartParams.resources) take it"
+    )
+    label_selector: dict[str, str] | None = Field(
+        None, description="node labels a replica requires (ray start --labels, KubeRay's group labels), "
+        "e.g. {\"ragrail/pool\": \"gpu\"}; a value may be negated or a set: \"!spot\", \"in(a, b)\", \"!in(a, b)\""
+    )
+    runtime_env: dict[str, Any] | None = Field(None, description="the replica's Ray runtime_env")
+    fallback_strategy: list[dict[str, Any]] | None = Field(
+        None, description="soft placement: options (label_selector) tried in order when no node meets the first"
+    )
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _in_ray_units(cls, value: float | None) -> float | None:
+        return None if value is None else _resource_quantity(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, quantity in value.items():
+            if name in _RESERVED_RESOURCES:
+                keyword = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}.get(name)
+                hint = f"use {keyword}" if keyword else "Ray reserves it"
+                raise ValueError(f"{name} is not a custom resource ({hint})")
+            if not name:
+                raise ValueError("a resource needs a name")
+            _resource_quantity(quantity, name)
+        return value
+
+    @field_validator("label_selector")
+    @classmethod
+    def _label_syntax(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, selector in (value or {}).items():
+            if len(key) > 253 + 1 + 63 or not _LABEL_KEY.match(key):
+                raise ValueError(
+                    f"{key!r} is not a label key (a name of up to 63 letters, digits, -, _ or ., "
+                    "starting and ending alphanumeric, with an optional DNS prefix and /)"
+                )
+            if selector and not _LABEL_SELECTOR.match(selector):
+                raise ValueError(
+                    f"{key}: {selector!r} is not a selector: a value, !value, in(a, b) or !in(a, b) "
+                    "(values up to 63 letters, digits, -, _ or ., starting and ending alphanumeric)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _accelerator_needs_a_gpu(self) -> ActorOptions:
+        if self.accelerator_type and not self.num_gpus:
+            raise ValueError(
+                f"accelerator_type {self.accelerator_type} without num_gpus: the replica would be kept to "
+                "those nodes without using their accelerator; set num_gpus (a fraction is fine)"
+            )
+        return self
+
+
+class DeploymentOptions(BaseModel):
+    """A service's ``deployment`` block: Ray Serve deployment options (DeploymentSchema's fields but
+    ``name``, which is ragrail's), passed to Serve as written.
+
+    Checked here: the replica count, queue bounds and everything that decides placement; the
+    rest are typed loosely and left to Serve. An unknown name is refused at load.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="fixed replica count, or \"auto\" (Serve's default autoscaling); "
+        "leave unset with autoscaling_config"
+    )
+    max_ongoing_requests: int | None = Field(None, ge=1, description="requests one replica runs at once")
+    max_queued_requests: int | None = Field(
+        None, ge=-1, description="requests waiting per caller beyond that; more get RESOURCE_EXHAUSTED (-1: no bound)"
+    )
+    autoscaling_config: dict[str, Any] | None = Field(
+        None, description="Serve's autoscaling: min_replicas, max_replicas, target_ongoing_requests..."
+    )
+    ray_actor_options: ActorOptions | None = Field(
+        None, description="what each replica needs from a node: CPUs, GPUs, accelerator, custom resources, labels"
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, le=MAX_REPLICAS_PER_NODE_LIMIT,
+        description="spread: at most this many replicas of the service on one node (1 = one per node, so "
+        "losing a node loses one replica); a replica with no node left to take it stays pending",
+    )
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        None, min_length=1, description="a placement group per replica, e.g. [{\"CPU\": 1, \"GPU\": 1}]; the "
+        "replica runs in the first bundle, which must hold its ray_actor_options"
+    )
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = Field(
+        None, description="how a replica's bundles are placed over nodes (needs placement_group_bundles)"
+    )
+    placement_group_bundle_label_selector: list[dict[str, str]] | None = Field(
+        None, description="node labels per bundle of placement_group_bundles"
+    )
+    # Passed to Serve unchecked here (Serve validates them when it deploys).
+    backpressure_config: dict[str, Any] | None = Field(None, description="Serve: the HTTP answer when the queue is full")
+    user_config: dict[str, Any] | None = Field(None, description="Serve: passed to the deployment's reconfigure")
+    graceful_shutdown_wait_loop_s: float | None = Field(None, ge=0, description="Serve: drain poll interval")
+    graceful_shutdown_timeout_s: float | None = Field(
+        None, ge=0, description="Serve: how long a stopping replica may finish its requests"
+    )
+    health_check_period_s: float | None = Field(None, gt=0, description="Serve: how often replicas are checked")
+    health_check_timeout_s: float | None = Field(
+        None, gt=0, description="Serve: how long a health check may take before the replica is replaced"
+    )
+    logging_config: dict[str, Any] | None = Field(None, description="Serve: this deployment's logging")
+    request_router_config: dict[str, Any] | None = Field(None, description="Serve: the request router")
+    gang_scheduling_config: dict[str, Any] | None = Field(None, description="Serve: replicas scheduled in gangs")
+    deployment_actors: list[dict[str, Any]] | None = Field(None, description="Serve: actors shared by the replicas")
+    rolling_update_percentage: float | None = Field(
+        None, gt=0, le=1, description="Serve: share of replicas updated at a time"
+    )
+    max_surge_percent: int | None = Field(
+        None, ge=0, le=100, description="Serve: extra replicas allowed during a rolling update (percent)"
+    )
+
+    @field_validator("placement_group_bundles")
+    @classmethod
+    def _bundles(cls, value: list[dict[str, float]] | None) -> list[dict[str, float]] | None:
+        for i, bundle in enumerate(value or []):
+            if not bundle:
+                raise ValueError(f"[{i}] is empty")
+            for name, quantity in bundle.items():
+                _resource_quantity(quantity, f"[{i}].{name}")
+        return value
+
+    @model_validator(mode="after")
+    def _placement_fits(self) -> DeploymentOptions:
+        if self.placement_group_strategy and not self.placement_group_bundles:
+            raise ValueError("placement_group_strategy needs placement_group_bundles")
+        if self.placement_group_bundles and self.max_replicas_per_node is not None:
+            raise ValueError(
+                "max_replicas_per_node and placement_group_bundles do not go together (Ray Serve refuses it); "
+                "spread replicas with one or the other"
+            )
+        if isinstance(self.num_replicas, int) and self.autoscaling_config:
+            raise ValueError(
+                "num_replicas and autoscaling_config do not go together (Ray Serve refuses it): set one "
+                "(in a Helm override, set the other to null)"
+            )
+        actor = self.ray_actor_options
+        if self.placement_group_bundles and actor is not None:
+            first = self.placement_group_bundles[0]
+            asked = {"CPU": actor.num_cpus or 0, "GPU": actor.num_gpus or 0, **actor.resources}
+            short = [f"{k} {v:g} > {first.get(k, 0):g}" for k, v in asked.items() if v > first.get(k, 0)]
+            if short:
+                raise ValueError(
+                    f"ray_actor_options must fit in placement_group_bundles[0] (the replica runs there): {', '.join(short)}"
+                )
+        return self
+
+    def gpus(self) -> float:
+        """GPUs one replica reserves."""
+        return float((self.ray_actor_options.num_gpus if self.ray_actor_options else None) or 0)
+
+
+def _checked_deployment(block: dict[str, Any]) -> dict[str, Any]:
+    """Validates a deployment block with DeploymentOptions and keeps it as written (a mapping)."""
+    try:
+        DeploymentOptions.model_validate(block)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ValueError("; ".join(problems)) from None
+    return block
+
+
+class _DeploymentOptionsSchema:
+    """The JSON schema of a deployment block is DeploymentOptions' (values.schema.json shows it)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: cs.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(DeploymentOptions.__pydantic_core_schema__)
+
+
+# A deployment block as Serve takes it (a mapping), checked as DeploymentOptions at load.
+ServeDeployment = Annotated[dict[str, Any], AfterValidator(_checked_deployment), _DeploymentOptionsSchema]
+
+
+def deployment_options(block: Mapping[str, Any]) -> DeploymentOptions:
+    """A (validated) deployment block as its typed view."""
+    return DeploymentOptions.model_validate(dict(block))
 
 
 class EmbeddingSettings(Strict):
@@ -50,7 +300,9 @@ class EmbeddingSettings(Strict):
         None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
         "(Ray alone gives a replica with num_cpus < 1 a single thread)"
     )
-    deployment: dict[str, Any] = Field(default_factory=dict)
+    deployment: ServeDeployment = Field(
+        default_factory=dict, description="Ray Serve deployment options, passed as written (DeploymentOptions)"
+    )
 
 
 class RetrievalSettings(Strict):
@@ -78,7 +330,9 @@ class RetrievalSettings(Strict):
         50, ge=1, le=1000, description="hybrid search: how many dense and lexical candidates are fused "
         "(at least max_top_k)"
     )
-    deployment: dict[str, Any] = Field(default_factory=dict)
+    deployment: ServeDeployment = Field(
+        default_factory=dict, description="Ray Serve deployment options, passed as written (DeploymentOptions)"
+    )
 
     @model_validator(mode="after")
     def _embedded_store_has_one_owner(self) -> RetrievalSettings:
@@ -137,7 +391,9 @@ class GenerationSettings(Strict):
         None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
         "(Ray alone gives a replica with num_cpus < 1 a single thread)"
     )
-    deployment: dict[str, Any] = Field(default_factory=dict)
+    deployment: ServeDeployment = Field(
+        default_factory=dict, description="Ray Serve deployment options, passed as written (DeploymentOptions)"
+    )
 
 
 _BACKEND_FIELDS = {
@@ -209,7 +465,9 @@ class ModerationSettings(Strict):
         None, ge=1, le=256, description="torch threads on CPU; default: every core the replica may use "
         "(Ray alone gives a replica with num_cpus < 1 a single thread)"
     )
-    deployment: dict[str, Any] = Field(default_factory=dict)
+    deployment: ServeDeployment = Field(
+        default_factory=dict, description="Ray Serve deployment options, passed as written (DeploymentOptions)"
+    )
 
 
 class ServeSettings(Strict):
@@ -231,6 +489,19 @@ class ServeSettings(Strict):
     )
     startup_timeout_s: float = Field(
         120.0, gt=0, description="how long `up` waits for services; pending ones are then reported, not awaited"
+    )
+    cluster_address: str | None = Field(
+        None,
+        description="deploy the services onto this existing Ray cluster instead of starting a private one "
+        "(`ragrail up --cluster`): what ray.init takes, the GCS host:port seen from a node of that cluster "
+        "(or ray://head:10001 from elsewhere). The services go in as a RayService puts them (serveConfigV2); "
+        "Ctrl-C removes them and leaves the cluster running. Node-wide settings (num_cpus, fast_path, "
+        "metrics_export_port) are then the cluster's own",
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode",
+        description="where Serve runs its ingress proxies: EveryNode (any node takes traffic; Kubernetes) or "
+        "HeadOnly (one proxy: several nodes on one machine, which would all bind the same ports)",
     )
     metrics_export_port: int | None = Field(
         9465, ge=1, le=65535,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ragrail.common.config import Settings
 
+log = logging.getLogger("ragrail.serving")
 
 QDRANT_API_KEY_ENV = "RAGRAIL_QDRANT_API_KEY"
 # Whole CPUs of the pod's limit (Kubernetes downward API, rounded up): a container sees every
@@ -55,6 +56,28 @@ def use_cpu_threads(threads: int | None) -> int:
     count = threads or default_cpu_threads(os.environ.get(CPU_LIMIT_ENV))
     torch.set_num_threads(count)
     return count
+
+
+def note_device(service: str, setting: str) -> str:
+    """The device ``setting`` resolves to in this replica, saying so when Ray scheduled the replica
+    onto GPUs that CUDA cannot see (a logical GPU: a node started with --num-gpus and no device or
+    driver, or a CPU build of torch): ``auto`` then runs the model on CPU, and the log says why."""
+    import ray
+
+    from ragrail.common.models import pick_device
+
+    device = pick_device(setting)
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    if gpu_ids and not device.startswith("cuda"):
+        log.warning(
+            "%s: this replica holds GPU %s (Ray's ids) but CUDA is not available in it (no device or driver, "
+            "or a CPU build of torch): device %s runs the model on %s",
+            service, ",".join(str(i) for i in gpu_ids), setting, device,
+        )
+    elif gpu_ids:
+        log.warning("%s: this replica holds GPU %s (Ray's ids): device %s runs the model on %s",
+                    service, ",".join(str(i) for i in gpu_ids), setting, device)
+    return device
 
 
 def default_cpu_threads(cpu_limit: str | None) -> int:

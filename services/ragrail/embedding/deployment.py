@@ -8,7 +8,7 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.service_metrics import service_metrics
-from ragrail.common.serving import replica_settings, use_cpu_threads
+from ragrail.common.serving import note_device, replica_settings, use_cpu_threads
 from ragrail.embedding.core import EmbeddedText, build_embedder
 from ragrail.embedding.servicer import EmbeddingServicer
 
@@ -18,6 +18,7 @@ class EmbeddingDeployment(EmbeddingServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
         use_cpu_threads(s.embedding.cpu_threads)
+        note_device("embedding", s.embedding.device)  # says when a GPU-scheduled replica runs on CPU
         super().__init__(build_embedder(s.embedding, s.models_path))
         self._encode_batched.set_max_batch_size(s.embedding.batch_max_requests)
         self._encode_batched.set_batch_wait_timeout_s(s.embedding.batch_wait_s)

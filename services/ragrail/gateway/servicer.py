@@ -103,6 +103,22 @@ def document_result_to_pb(o: IngestOutcome) -> pb.DocumentResult:
     )
 
 
+def replica_info(placement: Any) -> pb.ReplicaInfo:
+    """A replica and its node (ragrail.stack.ReplicaPlacement; the gateway itself never imports ray)."""
+    node = placement.node
+    if node is None:
+        return pb.ReplicaInfo(replica_id=placement.replica_id, state=placement.state)
+    return pb.ReplicaInfo(
+        replica_id=placement.replica_id,
+        state=placement.state,
+        node_id=node.node_id,
+        node_ip=node.ip,
+        node_labels=node.labels,
+        node_resources={k: v for k, v in node.resources.items() if k in ("CPU", "GPU") or not _ray_internal(k)},
+        head=node.head,
+    )
+
+
 def pipeline_info(registry: PipelineRegistry, p: Pipeline) -> pb.PipelineInfo:
     return pb.PipelineInfo(
         name=p.name,
@@ -249,7 +265,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for name, b in sorted(self.state.runner.breakers.items())
             ],
             services=[
-                pb.ServiceInfo(name=n, status=s.status, replicas=s.replicas) for n, s in sorted(services.items())
+                pb.ServiceInfo(
+                    name=n, status=s.status, replicas=s.replicas,
+                    replica_nodes=[replica_info(p) for p in getattr(s, "placements", ())],
+                )
+                for n, s in sorted(services.items())
             ],
             last_reload_error=self.state.last_reload_error(),
             collections=[
@@ -348,3 +368,8 @@ def _metadata(grpc_context: Any) -> tuple[tuple[str, str], ...]:
 def _time_remaining(grpc_context: Any) -> float | None:
     return grpc_context.time_remaining() if grpc_context is not None else None
 
+
+
+def _ray_internal(resource: str) -> bool:
+    """node:<ip>, node:__internal_head__, memory, object_store_memory: not what placement asks for."""
+    return resource.startswith("node:") or resource in ("memory", "object_store_memory")

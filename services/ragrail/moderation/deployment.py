@@ -8,7 +8,7 @@ from ray import serve
 from ray.serve import Application
 
 from ragrail.common.models import pick_device
-from ragrail.common.serving import replica_settings, use_cpu_threads
+from ragrail.common.serving import note_device, replica_settings, use_cpu_threads
 from ragrail.moderation.core import build_moderator
 from ragrail.moderation.servicer import ModerationServicer
 
@@ -18,6 +18,7 @@ class ModerationDeployment(ModerationServicer):
     def __init__(self, settings: dict[str, Any]) -> None:
         s = replica_settings(settings)
         use_cpu_threads(s.moderation.cpu_threads)
+        note_device("moderation", "auto")  # says when a GPU-scheduled replica runs on CPU
         super().__init__(build_moderator(s.moderation, pick_device("auto"), s.models_path))
 
 

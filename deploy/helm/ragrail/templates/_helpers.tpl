@@ -217,7 +217,7 @@ app.kubernetes.io/component: ray
 {{- end -}}
 {{- $serveSettings := dig "serve" dict $cfg -}}
 {{- toJson (dict
-  "proxy_location" $serve.proxy_location
+  "proxy_location" (dig "proxy_location" $serve.proxy_location $serveSettings)
   "http_options" (dict "host" $serve.proxy_host "port" (int (dig "http_port" 8000 $serveSettings)))
   "grpc_options" (dict
     "port" (int (dig "grpc_port" 9000 $serveSettings))
@@ -396,5 +396,23 @@ affinity:
 {{- range $name, $text := $specs }}
 {{ $name | quote }}: |
   {{- $text | trimSuffix "\n" | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* A Ray group's node labels and custom resources (KubeRay's labels / resources: `ray start
+     --labels` / `--resources`), what label_selector, accelerator_type and resources in a
+     service's ray_actor_options select. Values become strings, as the CRD wants. */}}
+{{- define "ragrail.rayLabelsResources" -}}
+{{- with .rayLabels }}
+labels:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- with .rayResources }}
+resources:
+  {{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | toString | quote }}
+  {{- end }}
 {{- end }}
 {{- end -}}

@@ -234,7 +234,7 @@ class CircuitInfo(_message.Message):
     def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "status", "replicas")
+    __slots__ = ("name", "status", "replicas", "replica_nodes")
     class ReplicasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -245,10 +245,44 @@ class ServiceInfo(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_NODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     status: str
     replicas: _containers.ScalarMap[str, int]
-    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., replicas: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    replica_nodes: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[str] = ..., replicas: _Optional[_Mapping[str, int]] = ..., replica_nodes: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
+
+class ReplicaInfo(_message.Message):
+    __slots__ = ("replica_id", "state", "node_id", "node_ip", "node_labels", "node_resources", "head")
+    class NodeLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NodeResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_IP_FIELD_NUMBER: _ClassVar[int]
+    NODE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    NODE_RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    state: str
+    node_id: str
+    node_ip: str
+    node_labels: _containers.ScalarMap[str, str]
+    node_resources: _containers.ScalarMap[str, float]
+    head: bool
+    def __init__(self, replica_id: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[str] = ..., node_ip: _Optional[str] = ..., node_labels: _Optional[_Mapping[str, str]] = ..., node_resources: _Optional[_Mapping[str, float]] = ..., head: _Optional[bool] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
     __slots__ = ("service", "name", "state", "points", "pipelines", "detail")
