@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ragrail.common.config import load_settings
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import Unavailable
+from ragrail.common.errors import InvalidArgument, Unavailable
 from ragrail.gateway import ingestion
 from ragrail.gateway.backends import StoredChunk
 from ragrail.gateway.chunking import chunk_text
@@ -439,3 +442,39 @@ def test_pipelining_refuses_nonsense_bounds() -> None:
                  "documents_in_flight"):
         with pytest.raises(ValueError, match=name):
             Pipelining(**{name: 0})  # type: ignore[arg-type]
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+async def test_the_gateway_builds_its_ingestor_from_gateway_ingest(tmp_path: Path) -> None:
+    import grpc
+
+    from ragrail.gateway.server import build_gateway
+
+    ingest = {
+        "pipelined": False, "upsert_batch_bytes": 1_000_000, "upsert_batch_points": 100,
+        "batches_in_flight": 3, "embed_calls_in_flight": 4, "documents_in_flight": 5,
+    }
+    settings = load_settings(
+        None, data_dir=str(tmp_path), gateway={"ingest": ingest, "feedback_db": str(tmp_path / "feedback.sqlite3")}
+    )
+    fakes = FakeStack()
+    async with grpc.aio.insecure_channel("127.0.0.1:9") as channel:
+        servicer, _ = build_gateway(settings, channel, backends_for=lambda _spec: fakes.backends)
+        servicer.feedback.close()
+    assert servicer.ingestor.pipelining == Pipelining(False, 1_000_000, 100, 3, 4, 5)
+    assert load_settings(None).gateway.ingest.pipelined is True  # the default
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"gateway": {"ingest": {"upsert_batch_points": 600}}}, r"upsert_batch_points \(600\) must be at most"),
+        ({"gateway": {"ingest": {"upsert_batch_bytes": 8 * 1024 * 1024}}}, "upsert_batch_bytes"),
+        ({"gateway": {"ingest": {"batches_in_flight": 0}}}, "batches_in_flight"),
+    ],
+)
+def test_ingest_settings_out_of_bounds_are_refused(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        load_settings(None, **override)

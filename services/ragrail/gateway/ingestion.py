@@ -116,8 +116,8 @@ class Pipelining:
     upsert_batch_points: int | None = None  # None: UPSERT_BATCH, read when a batch is formed
     batches_in_flight: int = 2  # upsert batches of one document held at once
     embed_calls_in_flight: int = 2  # per document
-    # Per Ingest call. One here, so a bare Ingestor's backend calls come in document order
-    # (tests script faults by call); the gateway's settings default to 2.
+    # Per Ingest call. One: a call's documents commit in request order (and backend calls
+    # come in document order, which tests that script faults by call rely on).
     documents_in_flight: int = 1
 
     def __post_init__(self) -> None:
