@@ -1,7 +1,7 @@
 """Benchmark 6, ingest: chunks/s through real gateways, sequential vs pipelined, vs the models alone.
 
     .venv/bin/python benchmarks/bench_ingest.py [--quick] [--serve-address 127.0.0.1:9000]
-        [--documents 12] [--large 1] [--seed 0]
+        [--documents 8] [--large 1] [--rounds 2] [--seed 0]
 
 One run, one Serve (a private `ragrail up`, or --serve-address), and gateways of our own
 (`ragrail gateway --config`, free ports), identical but for `gateway.ingest`:
@@ -15,9 +15,10 @@ One run, one Serve (a private `ragrail up`, or --serve-address), and gateways of
 - pipelined, 8 documents per call with `documents_in_flight: 2`: an API client's bulk call.
 
 Every mode ingests the same synthetic corpus (deterministic words in paragraphs under
-headings: a few long documents past one upsert batch, many short ones) under its own
-document ids into its own collection, and the baseline runs again at the end, so drift
-of this shared machine shows. Then the models alone on the same chunks (EmbeddingService
+headings: a long document past one upsert batch, short ones) under its own document ids,
+into its gateway's collection, once per round; rounds alternate the order of the modes
+(forward, then backward), so a drifting background load on this shared machine weighs on
+all of them alike. A mode's figure is its chunks over its seconds in all rounds. Then the models alone on the same chunks (EmbeddingService
 /Chunk as the gateway asks for them): Embed in calls of 32 (the gateway's batch) with 4
 in flight, and Moderate in calls of 128, 1 in flight (the gateway's). Ingest moderates
 and embeds every chunk on the same cores, so the ceiling it can reach is about
@@ -269,10 +270,10 @@ async def models_alone(serve: str, texts: list[str]) -> tuple[int, float, float,
 def main(argv: list[str] | None = None) -> int:
     p = c.base_parser(__doc__)
     c.add_stack_args(p)
-    p.add_argument("--documents", type=int, default=12, help="documents in the corpus (default 12)")
+    p.add_argument("--documents", type=int, default=8, help="documents in the corpus (default 8)")
     p.add_argument("--large", type=int, default=1, help="of which 300k-character ones (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-repeat", action="store_true", help="do not run the baseline again at the end")
+    p.add_argument("--rounds", type=int, default=2, help="runs of every mode, alternating their order (default 2)")
     args = p.parse_args(argv)
     texts = corpus(args.documents, args.large, args.seed, args.quick)
     modes = MODES if not args.quick else [MODES[0], MODES[1]]
@@ -287,15 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                 gateways[name] = start_gateway(name, GATEWAYS[name], stack.serve, tmp)
             for gateway in gateways.values():
                 asyncio.run(warm_up(gateway.address))
-            runs = modes + ([] if args.quick or args.no_repeat else [modes[0]])
-            for round_, mode in enumerate(runs):
+            runs = [m for r in range(1 if args.quick else args.rounds) for m in (modes if r % 2 == 0 else modes[::-1])]
+            for run, mode in enumerate(runs):
                 print(f"{mode.name} ...", flush=True)
                 seconds, chunks, failed = asyncio.run(
-                    ingest(gateways[mode.gateway].address, texts, f"r{round_}", mode.per_call, mode.parallel)
+                    ingest(gateways[mode.gateway].address, texts, f"r{run}", mode.per_call, mode.parallel)
                 )
                 results.append(Result(mode, seconds, chunks, failed))
-                print(f"  {chunks} chunks in {seconds:.1f} s: {chunks / seconds:.1f} chunks/s, {failed} failed",
-                      flush=True)
+                print(f"  {chunks} chunks in {seconds:.1f} s: {chunks / seconds:.1f} chunks/s, {failed} failed, "
+                      f"load {c.load_average()}", flush=True)
             print("models alone on the same chunks ...", flush=True)
             chunks, embed_4, embed_1, moderate = asyncio.run(models_alone(stack.serve, texts))
     finally:
@@ -304,15 +305,26 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ceiling = 1 / (1 / embed_4 + 1 / moderate)
-    baseline = results[0].rate
-    rows = [
-        [r.mode.name, r.chunks, r.seconds, r.rate, r.rate / baseline, r.rate / embed_4, r.rate / ceiling, r.failed]
-        for r in results
+    totals = [
+        Result(
+            mode, sum(r.seconds for r in results if r.mode == mode), sum(r.chunks for r in results if r.mode == mode),
+            sum(r.failed for r in results if r.mode == mode),
+        )
+        for mode in modes
     ]
-    print(f"\ningest through the gateway: {len(texts)} documents, {chunks} chunks each run; "
+    baseline = totals[0].rate
+    rows = [
+        [r.mode.name, r.chunks, r.seconds, r.rate,
+         " / ".join(f"{x.rate:.1f}" for x in results if x.mode == r.mode),
+         r.rate / baseline, r.rate / embed_4, r.rate / ceiling, r.failed]
+        for r in totals
+    ]
+    print(f"\ningest through the gateway: {len(texts)} documents, {chunks} chunks each run, "
+          f"{len(runs) // len(modes)} round(s); "
           f"machine: {c.machine()}, load {c.load_average()}")
     print(c.table(
-        ["mode", "chunks", "seconds", "chunks/s", "x baseline", "/ embed alone", "/ models' ceiling", "failed"], rows
+        ["mode", "chunks", "seconds", "chunks/s", "per round", "x sequential", "/ Embed alone", "/ models' ceiling",
+         "failed"], rows
     ))
     print(c.table(
         ["models alone, same chunks", "texts/s"],
@@ -325,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         c.Figure(BENCH, f"chunks/s, {r.mode.name}", f"{r.rate:.1f} ({r.chunks} chunks, {r.seconds:.1f} s)",
                  f"{baseline:.1f} sequential, same run", f"x{r.rate / baseline:.2f}; {r.rate / embed_4:.2f} of Embed alone",
                  "-" if r.mode.gateway == "sequential" else c.goal_text(">= 3x", r.rate >= 3 * baseline))
-        for r in results
+        for r in totals
     ]
     figures.append(c.Figure(BENCH, "Embed alone, same chunks (calls of 32, 4 in flight)", f"{embed_4:.1f} texts/s"))
     figures.append(c.Figure(BENCH, "Moderate alone, same chunks (calls of 128)", f"{moderate:.1f} texts/s"))
