@@ -9,7 +9,7 @@ One run, one Serve (a private `ragrail up`, or --serve-address), and gateways of
 - sequential: `pipelined: false`, the path before issue 14 (each document embedded whole,
   one Embed call at a time, then upserted), one file per Ingest call, one call at a time:
   what `ragrail ingest` did;
-- pipelined: the defaults (embedding overlapped with upserts, 2 Embed calls in flight,
+- pipelined: the defaults (embedding overlapped with upserts, 1 Embed call in flight,
   batches cut by bytes), same client: `ragrail ingest` now;
 - pipelined, 2 calls in flight: `ragrail ingest --parallel 2`;
 - pipelined, 8 documents per call with `documents_in_flight: 2`: an API client's bulk call.
@@ -83,7 +83,6 @@ GATEWAYS = {
     "pipelined": {},
     "pipelined-docs2": {"documents_in_flight": 2},
 }
-EMBED_ALONE = Mode("Embed alone, same chunks: calls of 32, 4 in flight", "", 0, 4)
 MODES = [
     Mode("sequential (before): 1 file per call, 1 call", "sequential", 1, 1),
     Mode("pipelined: 1 file per call, 1 call", "pipelined", 1, 1),
@@ -289,9 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large", type=int, default=1, help="of which 300k-character ones (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=2, help="runs of every mode, alternating their order (default 2)")
+    p.add_argument("--modes", default="1,2,3,4", help="which ingest modes, by number (default all: 1,2,3,4)")
+    p.add_argument("--embed-in-flight", default="4", help="Embed alone with these many calls in flight (default 4)")
     args = p.parse_args(argv)
     texts = corpus(args.documents, args.large, args.seed, args.quick)
-    modes = MODES if not args.quick else [MODES[0], MODES[1]]
+    modes = [MODES[int(n) - 1] for n in args.modes.split(",")] if not args.quick else [MODES[0], MODES[1]]
+    alone = [
+        Mode(f"Embed alone, same chunks: calls of 32, {n} in flight", "", 0, int(n)) for n in args.embed_in_flight.split(",")
+    ]
     print(f"corpus: {len(texts)} documents, {sum(map(len, texts)):,} characters", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="ragrail-bench-ingest-"))
@@ -299,19 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     gateways: dict[str, Gateway] = {}
     try:
         with c.stack_for(args) as stack:
-            for name in {m.gateway for m in modes}:
+            for name in sorted({m.gateway for m in modes}):
                 gateways[name] = start_gateway(name, GATEWAYS[name], stack.serve, tmp)
             for gateway in gateways.values():
                 asyncio.run(warm_up(gateway.address))
             chunks = asyncio.run(chunks_of(stack.serve, texts))
             asyncio.run(embed_alone(stack.serve, chunks[:EMBED_BATCH]))  # warm
             # Embed alone runs in every round too, between the modes, under the same load.
-            with_embed = [*modes, EMBED_ALONE]
+            with_embed = [*modes, *alone]
             runs = [m for r in range(1 if args.quick else args.rounds) for m in (with_embed if r % 2 == 0 else with_embed[::-1])]
             for run, mode in enumerate(runs):
                 print(f"{mode.name} ...", flush=True)
-                if mode is EMBED_ALONE:
-                    seconds, stored, failed = asyncio.run(embed_alone(stack.serve, chunks)), len(chunks), 0
+                if mode in alone:
+                    seconds, stored, failed = asyncio.run(embed_alone(stack.serve, chunks, mode.parallel)), len(chunks), 0
                 else:
                     seconds, stored, failed = asyncio.run(
                         ingest(gateways[mode.gateway].address, texts, f"r{run}", mode.per_call, mode.parallel)
@@ -325,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             stop_gateway(gateway)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    embed = sum(r.chunks for r in results if r.mode is EMBED_ALONE) / sum(
-        r.seconds for r in results if r.mode is EMBED_ALONE
+    # The ceiling: the best of the Embed-alone shapes.
+    embed = max(
+        sum(r.chunks for r in results if r.mode == a) / sum(r.seconds for r in results if r.mode == a) for a in alone
     )
     ceiling = 1 / (1 / embed + 1 / moderate)
     totals = [
@@ -352,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ))
     print(c.table(
         ["models alone, same chunks", "texts/s", "per round"],
-        [["Embed, calls of 32, 4 in flight", embed,
-          " / ".join(f"{x.rate:.1f}" for x in results if x.mode is EMBED_ALONE)],
+        [*[[a.name.split(": ", 1)[1], sum(r.chunks for r in results if r.mode == a)
+            / sum(r.seconds for r in results if r.mode == a),
+            " / ".join(f"{x.rate:.1f}" for x in results if x.mode == a)] for a in alone],
          ["Moderate (toxicity), calls of 128, 1 in flight", moderate, "-"],
          ["ceiling for ingest: 1 / (1/embed + 1/moderate)", ceiling, "-"]],
     ))
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                  "-" if r.mode.gateway == "sequential" else c.goal_text(">= 3x", r.rate >= 3 * baseline))
         for r in totals
     ]
-    figures.append(c.Figure(BENCH, "Embed alone, same chunks (calls of 32, 4 in flight)", f"{embed:.1f} texts/s"))
+    figures.append(c.Figure(BENCH, "Embed alone, same chunks (calls of 32, best of in-flight counts)", f"{embed:.1f} texts/s"))
     figures.append(c.Figure(BENCH, "Moderate alone, same chunks (calls of 128)", f"{moderate:.1f} texts/s"))
     if c.should_record(args):
         c.record(figures, args.docs, args.set)

@@ -18,7 +18,7 @@ A multi-document call reports each document: committed, or failed with its statu
 others still go ahead); see ``IngestOutcome``.
 
 Pipelined (``Pipelining``, the default): a document's embedding and its upserts overlap. Embed
-calls (``EMBED_BATCH`` chunks each, ``embed_calls_in_flight`` at once) fill an upsert batch
+calls (``EMBED_BATCH`` chunks each, ``embed_calls_in_flight`` at once, 1 by default) fill an upsert batch
 bounded by bytes and by points; a full batch goes to the one upsert loop of the document while
 the next one is embedded. At most ``batches_in_flight`` batches exist at once (being filled,
 waiting or being upserted), so a document's vectors never all sit in memory, and
@@ -115,7 +115,10 @@ class Pipelining:
     upsert_batch_bytes: int = UPSERT_BATCH_BYTES
     upsert_batch_points: int | None = None  # None: UPSERT_BATCH, read when a batch is formed
     batches_in_flight: int = 2  # upsert batches of one document held at once
-    embed_calls_in_flight: int = 2  # per document
+    # Per document. One: on 2 CPU cores concurrent Embed calls cost the embedding replica a
+    # quarter of its throughput at 2 and half at 4 (22.3 / 17.1 / 10.7 texts/s, 2026-12-05,
+    # docs/benchmarks.md); embedding still overlaps the upserts. Raise it for a GPU replica.
+    embed_calls_in_flight: int = 1
     # Per Ingest call. One: a call's documents commit in request order (and backend calls
     # come in document order, which tests that script faults by call rely on).
     documents_in_flight: int = 1
