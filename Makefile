@@ -101,7 +101,7 @@ EVAL_ARGS ?=
 eval: setup
 	$(VENV)/bin/ragrail eval --json $(EVAL_JSON) $(EVAL_ARGS)
 
-# All five benchmarks against a private stack; figures measured against a baseline in the
+# All six benchmarks against a private stack; figures measured against a baseline in the
 # same run, appended with the date to docs/benchmarks.md (by hand, not in CI).
 #   make bench BENCH_ARGS=--quick   (seconds each, nothing recorded)
 bench: setup

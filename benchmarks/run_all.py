@@ -34,6 +34,7 @@ BENCHMARKS = {
     3: ("generation", "bench_generation.py", True),
     4: ("retrieval", "bench_retrieval.py", False),
     5: ("end to end", "bench_e2e.py", True),
+    6: ("ingest", "bench_ingest.py", True),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
-
 from ragrail import stack
 from ragrail.common.errors import FailedPrecondition
 from ragrail.stack import PORT_BLOCK, LocalStack, free_port_block

@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 
@@ -188,6 +190,16 @@ def _parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="add .txt, .md and .html files (or folders of them)")
     ingest.add_argument("paths", nargs="+", type=Path, help=".txt, .md or .html files, or folders (recursed)")
+    ingest.add_argument(
+        "--parallel", type=_parallel, default=1, metavar="N",
+        help="Ingest calls in flight, one file each (default 1: in file order). 2 (the gateway's "
+        "admission.ingest.max_in_flight) embeds one file while another is moderated or stored; results still "
+        "print in file order",
+    )
+    ingest.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress on stderr (files, chunks, chunks/s, ETA every 2 s; never with --json)",
+    )
     _client_args(ingest, timeout=600)
     ingest.set_defaults(func=_cmd_ingest)
 
@@ -253,6 +265,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+PROGRESS_INTERVAL_S = 2.0  # `ragrail ingest`: the most often progress is shown
+# More would only queue at the gateway (admission.ingest: 2 in flight, 4 queued by default).
+MAX_PARALLEL_INGESTS = 6
 HEALTH_PORT_ENV = "RAGRAIL_GATEWAY_HEALTH_PORT"
 HEALTH_HOST_ENV = "RAGRAIL_GATEWAY_HEALTH_HOST"
 
@@ -281,6 +296,16 @@ def _health_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get(HEALTH_HOST_ENV) or None,
         help=f"address the health port binds (or {HEALTH_HOST_ENV}; default gateway.host)",
     )
+
+
+def _parallel(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PARALLEL_INGESTS:
+        raise argparse.ArgumentTypeError(f"not a number of calls from 1 to {MAX_PARALLEL_INGESTS}: {text!r}")
+    return value
 
 
 def _client_args(p: argparse.ArgumentParser, timeout: float) -> None:
@@ -520,9 +545,14 @@ class _Client:
             channel = grpc.secure_channel(args.address, creds, options=options)
         else:
             channel = grpc.insecure_channel(args.address, options=options)
+        self.channel = channel
         self.stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {args.api_key}"),) if args.api_key else ()
         self.timeout = args.timeout
+
+    def close(self) -> None:
+        """Cancels the calls in flight (their threads then end at once)."""
+        self.channel.close()
 
     def __getattr__(self, rpc: str):  # type: ignore[no-untyped-def]
         method = getattr(self.stub, rpc)
@@ -534,7 +564,7 @@ def _stub(args: argparse.Namespace) -> _Client:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from ragrail.cli.loaders import collect_files, load_document
+    from ragrail.cli.loaders import collect_files
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
     files = collect_files(args.paths)
@@ -543,29 +573,31 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         return _ingest_json(args, files)
-    stub = _stub(args)
+    progress = None if args.no_progress else IngestProgress(files, sys.stderr, PROGRESS_INTERVAL_S)
     total_stored = total_dropped = 0
     failed: list[str] = []
-    for path in files:
-        doc = load_document(path)
-        request = pb.IngestRequest(
-            documents=[pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)]
-        )
-        try:
-            response = stub.Ingest(request)
-        except grpc.RpcError as error:  # this file failed; the ones before it are committed
-            print(f"{doc.document_id}: FAILED ({error.code().name}): {error.details()}")  # type: ignore[attr-defined]
-            failed.append(doc.document_id)
-            continue
-        for r in response.documents:
+    for path, document_id, outcome in _ingest_files(args, files):
+        lines: list[str] = []
+        if isinstance(outcome, grpc.RpcError):  # this file failed; the others go on
+            lines.append(f"{document_id}: FAILED ({outcome.code().name}): {outcome.details()}")  # type: ignore[attr-defined]
+            failed.append(document_id)
+            outcome = []
+        for r in outcome:
             if r.status == pb.DOCUMENT_STATUS_FAILED:
-                print(f"{r.document_id}: FAILED ({r.error_code}): {r.error}")
+                lines.append(f"{r.document_id}: FAILED ({r.error_code}): {r.error}")
                 failed.append(r.document_id)
                 continue
             dropped = f", {r.chunks_dropped} dropped by moderation" if r.chunks_dropped else ""
-            print(f"{r.document_id}: {r.chunks_stored} chunks stored{dropped}")
+            lines.append(f"{r.document_id}: {r.chunks_stored} chunks stored{dropped}")
             total_stored += r.chunks_stored
             total_dropped += r.chunks_dropped
+        if progress is not None:
+            progress.print_lines(lines)
+            progress.file_done(path, total_stored)
+        else:
+            print("\n".join(lines))
+    if progress is not None:
+        progress.finish()
     print(
         f"ingested {len(files) - len(failed)} of {len(files)} file(s): "
         f"{total_stored} chunks stored, {total_dropped} dropped"
@@ -576,29 +608,145 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ingest_json(args: argparse.Namespace, files: list[Path]) -> int:
-    """``ingest --json``: one DocumentResult document per file, a failed call included (as
-    status DOCUMENT_STATUS_FAILED with its code); exit 1 when any file failed."""
+def _ingest_files(args: argparse.Namespace, files: list[Path]) -> Iterator[tuple[Path, str, object]]:
+    """(path, document id, the call's DocumentResults or its grpc.RpcError) per file, in file
+    order, one file per Ingest call and up to ``args.parallel`` calls in flight."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from ragrail.cli.loaders import load_document
     from ragrail.gateway.v1 import gateway_pb2 as pb
 
     stub = _stub(args)
-    failed = False
-    for path in files:
+
+    def call(path: Path) -> tuple[Path, str, object]:
         doc = load_document(path)
-        document = pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)
-        request = pb.IngestRequest(documents=[document])
+        request = pb.IngestRequest(
+            documents=[pb.Document(document_id=doc.document_id, text=doc.text, source=doc.source)]
+        )
         try:
-            results = list(stub.Ingest(request).documents)
-        except grpc.RpcError as error:  # this file failed; the ones before it are committed
-            code = error.code().name  # type: ignore[attr-defined]
-            details = error.details() or ""  # type: ignore[attr-defined]
-            results = [
+            return path, doc.document_id, list(stub.Ingest(request).documents)
+        except grpc.RpcError as error:
+            return path, doc.document_id, error
+
+    pool = ThreadPoolExecutor(max_workers=args.parallel, thread_name_prefix="ingest")
+    pending: deque[Future[tuple[Path, str, object]]] = deque()
+    finished = False
+    try:
+        for path in files:
+            pending.append(pool.submit(call, path))
+            if len(pending) >= args.parallel:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+        finished = True
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished and hasattr(stub, "close"):  # Ctrl-C, or a file that cannot be read
+            stub.close()
+
+
+class IngestProgress:
+    """`ragrail ingest`'s progress on stderr: files done of all, chunks stored, chunks/s and the
+    ETA (by bytes of the files left at the rate so far), at most every ``interval_s``. On a
+    terminal one line rewrites itself (and steps aside for the result lines on stdout);
+    otherwise plain lines. A run shorter than ``interval_s`` shows nothing."""
+
+    def __init__(
+        self,
+        files: list[Path],
+        stream: TextIO,
+        interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.files_total = len(files)
+        self.bytes_total = sum(_size(f) for f in files)
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval_s = interval_s
+        self.clock = clock
+        self.started = self.last = clock()
+        self.files_done = self.bytes_done = self.chunks = 0
+        self.shown = ""  # the line on the terminal now (tty only)
+
+    def file_done(self, path: Path, chunks_stored: int) -> None:
+        self.files_done += 1
+        self.bytes_done += _size(path)
+        self.chunks = chunks_stored
+        now = self.clock()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self._show(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.chunks / elapsed
+        left = self.bytes_total - self.bytes_done
+        eta = _duration(elapsed * left / self.bytes_done) if self.bytes_done else "?"
+        return (
+            f"{self.files_done}/{self.files_total} files, {self.chunks} chunks, "
+            f"{rate:.1f} chunks/s, ETA {eta}"
+        )
+
+    def print_lines(self, lines: list[str]) -> None:
+        """Result lines for stdout, printed under the progress line rather than through it."""
+        if not lines:
+            return
+        self._erase()
+        print("\n".join(lines), flush=True)
+        if self.shown:
+            self.stream.write(self.shown)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        self._erase()
+        self.shown = ""
+
+    def _show(self, line: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+            self.shown = line
+        else:
+            self.stream.write(f"progress: {line}\n")
+        self.stream.flush()
+
+    def _erase(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _ingest_json(args: argparse.Namespace, files: list[Path]) -> int:
+    """``ingest --json``: one DocumentResult document per file, a failed call included (as
+    status DOCUMENT_STATUS_FAILED with its code); exit 1 when any file failed."""
+    from ragrail.gateway.v1 import gateway_pb2 as pb
+
+    failed = False
+    for _path, document_id, outcome in _ingest_files(args, files):
+        if isinstance(outcome, grpc.RpcError):  # this file failed; the others go on
+            code = outcome.code().name  # type: ignore[attr-defined]
+            details = outcome.details() or ""  # type: ignore[attr-defined]
+            outcome = [
                 pb.DocumentResult(
-                    document_id=doc.document_id, status=pb.DOCUMENT_STATUS_FAILED, error=details, error_code=code
+                    document_id=document_id, status=pb.DOCUMENT_STATUS_FAILED, error=details, error_code=code
                 )
             ]
-        for result in results:
+        for result in outcome:  # type: ignore[attr-defined]
             failed = failed or result.status == pb.DOCUMENT_STATUS_FAILED
             _emit(_message_json(result))
     return EXIT_FAILED if failed else EXIT_OK

@@ -611,6 +611,39 @@ class FeedbackSettings(Strict):
     )
 
 
+class IngestSettings(Strict):
+    """How the gateway runs an ingest (ragrail.gateway.ingestion.Pipelining): embedding overlapped
+    with upserts, upserts sized by bytes, documents of one call side by side."""
+
+    pipelined: bool = Field(
+        True, description="upsert a document's batch k while batch k+1 is embedded, and run documents_in_flight "
+        "documents of a call at once; false: the sequential path (each document embedded whole, one call at a time, "
+        "then upserted; one document after another), kept as a benchmark baseline"
+    )
+    upsert_batch_bytes: int = Field(
+        2 * 1024 * 1024, ge=64 * 1024, le=3 * 1024 * 1024, description="most bytes per Upsert call (estimated: "
+        "float32 vectors, UTF-8 texts, payload keys); Ray Serve replicas' gRPC servers accept 4 MiB by default "
+        "(RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH)"
+    )
+    upsert_batch_points: int = Field(
+        256, ge=1, le=4096, description="most points per Upsert call (at most retrieval.max_batch_size)"
+    )
+    batches_in_flight: int = Field(
+        2, ge=1, le=16, description="upsert batches of one document held at once (being embedded, waiting or being "
+        "upserted): bounds the memory a document's vectors take"
+    )
+    embed_calls_in_flight: int = Field(
+        1, ge=1, le=16, description="Embed calls of one document at once; on CPU more slow the embedding replica "
+        "down (2 cores: 22 texts/s at 1, 17 at 2, 11 at 4), on a GPU 2 keeps it busy between calls"
+    )
+    documents_in_flight: int = Field(
+        1, ge=1, le=64, description="documents of one Ingest call ingested at once (each id still one at a time); "
+        "1: one after another, so a call's documents commit in request order and a transient failure meets the "
+        "document it interrupted, not a neighbour's retry. Callers that send many documents per call gain most "
+        "from 2; `ragrail ingest` overlaps documents by sending two calls at once instead"
+    )
+
+
 class GatewaySettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -629,6 +662,7 @@ class GatewaySettings(Strict):
     chunk_overlap_tokens: int = Field(32, ge=0, description="tokens consecutive chunks may share")
     chunk_chars: int = Field(800, ge=50, description="chunking: chars only")
     chunk_overlap_chars: int = Field(120, ge=0, description="chunking: chars only")
+    ingest: IngestSettings = IngestSettings()
     pipelines_dir: str | None = Field(None, description="pipeline specs; default: the packaged ones")
     reload_interval_s: float = Field(2.0, gt=0, description="how often the specs folder is checked")
     shutdown_grace_s: float = Field(
@@ -660,6 +694,16 @@ class Settings(Strict):
     retrieval: RetrievalSettings = RetrievalSettings()
     generation: GenerationSettings = GenerationSettings()
     moderation: ModerationSettings = ModerationSettings()
+
+    @model_validator(mode="after")
+    def _upserts_fit_the_retrieval_service(self) -> Settings:
+        # Otherwise every ingest of a long document fails at its first full batch.
+        points, limit = self.gateway.ingest.upsert_batch_points, self.retrieval.max_batch_size
+        if points > limit:
+            raise ValueError(
+                f"gateway.ingest.upsert_batch_points ({points}) must be at most retrieval.max_batch_size ({limit})"
+            )
+        return self
 
     @property
     def data_path(self) -> Path:

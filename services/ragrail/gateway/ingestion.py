@@ -17,6 +17,17 @@ with FAILED_PRECONDITION for that document (retry). Details in docs/reliability.
 A multi-document call reports each document: committed, or failed with its status (the
 others still go ahead); see ``IngestOutcome``.
 
+Pipelined (``Pipelining``, the default): a document's embedding and its upserts overlap. Embed
+calls (``EMBED_BATCH`` chunks each, ``embed_calls_in_flight`` at once, 1 by default) fill an upsert batch
+bounded by bytes and by points; a full batch goes to the one upsert loop of the document while
+the next one is embedded. At most ``batches_in_flight`` batches exist at once (being filled,
+waiting or being upserted), so a document's vectors never all sit in memory, and
+``documents_in_flight`` documents of one call run side by side (distinct ids, each under its
+own lock). All of a version is staged before its commit, as before; a failure anywhere stops
+the rest of that document and discards what it staged. ``Pipelining(enabled=False)`` is the
+sequential path (embed everything one call at a time, then upsert, one document after
+another), kept as the benchmark's baseline.
+
 Every backend call goes through the gateway's ``StageRunner``, as a pipeline stage's does:
 its own timeout inside the request's deadline, retries on UNAVAILABLE within the shared
 budget, and the same circuit breaker per service as the pipelines, so a retrieval service
@@ -29,10 +40,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ragrail.common.deadline import Deadline
 from ragrail.common.errors import CollectionMissing, RagrailError, require
@@ -47,7 +59,17 @@ T = TypeVar("T")
 _POINT_NAMESPACE = uuid.UUID("6f1c1e36-7a51-4a4c-9d55-2b7d3f0e8a11")
 MODERATION_BATCH = 128
 EMBED_BATCH = 32
+# Most points per upsert (the retrieval service takes up to retrieval.max_batch_size, 512).
 UPSERT_BATCH = 256
+# Most bytes per upsert, as ``wire_bytes`` estimates them. Ray Serve replicas' gRPC servers
+# (the fast path's) accept 4 MiB by default (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH): half of
+# that leaves room for the estimate's error and one oversize chunk. 256 chunks of ~800
+# characters with 384-d vectors are ~0.65 MiB, so the point bound usually ends a batch first;
+# this one ends it for long chunks or wide vectors (256 x 1024-d float32 alone is 1 MiB).
+UPSERT_BATCH_BYTES = 2 * 1024 * 1024
+# wire_bytes: per point (id, vector and payload framing) and per payload field (key, Value).
+_POINT_FRAMING_BYTES = 16
+_FIELD_FRAMING_BYTES = 8
 # Bounds on what is copied into every chunk's payload (the text is bounded by config):
 # without them one request multiplies a field by its chunk count in the store.
 MAX_DOCUMENT_ID_CHARS = 512
@@ -83,6 +105,37 @@ CALL_LIMITS: Mapping[str, CallLimits] = {
 
 
 @dataclass(frozen=True)
+class Pipelining:
+    """How one ingest overlaps its backend calls (the gateway's ``gateway.ingest`` settings).
+
+    ``enabled=False``: the sequential path (each document embedded whole, one call at a time,
+    then upserted; one document after another), kept as a baseline for benchmarks."""
+
+    enabled: bool = True
+    upsert_batch_bytes: int = UPSERT_BATCH_BYTES
+    upsert_batch_points: int | None = None  # None: UPSERT_BATCH, read when a batch is formed
+    batches_in_flight: int = 2  # upsert batches of one document held at once
+    # Per document. One: on 2 CPU cores concurrent Embed calls cost the embedding replica a
+    # quarter of its throughput at 2 and half at 4 (22.3 / 17.1 / 10.7 texts/s, 2026-12-05,
+    # docs/benchmarks.md); embedding still overlaps the upserts. Raise it for a GPU replica.
+    embed_calls_in_flight: int = 1
+    # Per Ingest call. One: a call's documents commit in request order (and backend calls
+    # come in document order, which tests that script faults by call rely on).
+    documents_in_flight: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("upsert_batch_bytes", "batches_in_flight", "embed_calls_in_flight", "documents_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Pipelining.{name} must be at least 1")
+        if self.upsert_batch_points is not None and self.upsert_batch_points < 1:
+            raise ValueError("Pipelining.upsert_batch_points must be at least 1")
+
+    @property
+    def max_points(self) -> int:
+        return self.upsert_batch_points if self.upsert_batch_points is not None else UPSERT_BATCH
+
+
+@dataclass(frozen=True)
 class IngestDocument:
     document_id: str
     text: str
@@ -107,6 +160,50 @@ class IngestOutcome:
 def point_id(document_id: str, chunk_index: int, version: str = "") -> str:
     key = f"{document_id}\x00{version}\x00{chunk_index}" if version else f"{document_id}\x00{chunk_index}"
     return str(uuid.uuid5(_POINT_NAMESPACE, key))
+
+
+def wire_bytes(chunk: StoredChunk) -> int:
+    """About what ``chunk`` adds to an UpsertRequest, rounded up: float32 vector, id, and each
+    payload key and value (strings as UTF-8, numbers as 8 bytes), plus framing."""
+    size = 4 * len(chunk.vector) + len(chunk.id) + _POINT_FRAMING_BYTES
+    for key, value in chunk.payload.items():
+        size += len(key) + _FIELD_FRAMING_BYTES
+        size += len(value.encode()) if isinstance(value, str) else 8
+    return size
+
+
+class _BatchBuilder:
+    """One upsert batch being filled, bounded by points and by ``wire_bytes``; a chunk larger
+    than the byte bound alone still makes a batch of its own."""
+
+    def __init__(self, max_bytes: int, max_points: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_points = max_points
+        self.chunks: list[StoredChunk] = []
+        self.bytes = 0
+
+    def fits(self, size: int) -> bool:
+        return not self.chunks or (len(self.chunks) < self.max_points and self.bytes + size <= self.max_bytes)
+
+    def add(self, chunk: StoredChunk, size: int) -> None:
+        self.chunks.append(chunk)
+        self.bytes += size
+
+    def take(self) -> list[StoredChunk]:
+        batch, self.chunks, self.bytes = self.chunks, [], 0
+        return batch
+
+
+def upsert_batches(chunks: Iterable[StoredChunk], max_bytes: int, max_points: int) -> Iterator[list[StoredChunk]]:
+    """``chunks`` in order, cut into batches of at most ``max_points`` and ``max_bytes``."""
+    builder = _BatchBuilder(max_bytes, max_points)
+    for chunk in chunks:
+        size = wire_bytes(chunk)
+        if not builder.fits(size):
+            yield builder.take()
+        builder.add(chunk, size)
+    if builder.chunks:
+        yield builder.take()
 
 
 def new_version() -> str:
@@ -158,11 +255,12 @@ class Ingestor:
         chunk_tokens: int = 200,
         overlap_tokens: int = 32,
         call_limits: Mapping[str, CallLimits] = CALL_LIMITS,
+        pipelining: Pipelining = Pipelining(),
     ) -> None:
         """``chunking``: "tokens" asks the embedding service to split each document in its
         model's tokens along the document's structure (no chunk past the model's window);
         "chars" splits here by characters, as before. ``runner``: the gateway's, shared with
-        the pipelines (one breaker per service)."""
+        the pipelines (one breaker per service). ``pipelining``: how calls overlap."""
         self.backends = backends
         self.runner = runner
         self.call_limits = call_limits
@@ -175,6 +273,7 @@ class Ingestor:
         self.chunking = chunking
         self.chunk_tokens = chunk_tokens
         self.overlap_tokens = overlap_tokens
+        self.pipelining = pipelining
         self.locks = KeyedLocks()
 
     def validate(self, documents: Sequence[IngestDocument]) -> None:
@@ -197,11 +296,28 @@ class Ingestor:
     async def ingest(self, documents: Sequence[IngestDocument], deadline: Deadline) -> list[IngestOutcome]:
         """One outcome per document, in order; raises the first document's error when none committed."""
         self.validate(documents)
-        outcomes = [await self._ingest_serialized(doc, deadline) for doc in documents]
+        outcomes = await self._ingest_all(documents, deadline)
         failed = [o.error for o in outcomes if o.error is not None]
         if len(failed) == len(outcomes):
             raise failed[0]
         return outcomes
+
+    async def _ingest_all(self, documents: Sequence[IngestDocument], deadline: Deadline) -> list[IngestOutcome]:
+        """Documents are independent: up to ``documents_in_flight`` of them at once. Each takes
+        its slot before its id's lock and holds one lock at a time, so calls sharing ids wait
+        for each other without a cycle; ids of one call are distinct (``validate``)."""
+        width = self.pipelining.documents_in_flight if self.pipelining.enabled else 1
+        if width == 1 or len(documents) == 1:
+            return [await self._ingest_serialized(doc, deadline) for doc in documents]
+        slots = asyncio.Semaphore(width)
+
+        async def one(doc: IngestDocument) -> IngestOutcome:
+            async with slots:
+                return await self._ingest_serialized(doc, deadline)
+
+        tasks = [asyncio.ensure_future(one(doc)) for doc in documents]
+        await _together(tasks)
+        return [task.result() for task in tasks]
 
     async def _ingest_serialized(self, doc: IngestDocument, deadline: Deadline) -> IngestOutcome:
         timings: dict[str, float] = {}
@@ -219,34 +335,99 @@ class Ingestor:
         chunks = await self._chunks(doc.text, calls)
         kept = await self._drop_toxic(chunks, calls)
         version = self.new_version()
-        stored: list[StoredChunk] = []
-        for start in range(0, len(kept), EMBED_BATCH):
-            batch = kept[start : start + EMBED_BATCH]
-            vectors = await calls("ingest_embed", "embedding", lambda t: self.backends.embedding.embed(batch, t))
-            stored.extend(
-                StoredChunk(
-                    id=point_id(doc.document_id, position, version),
-                    vector=vector,
-                    payload={
-                        "document_id": doc.document_id,
-                        "version": version,
-                        # Position among stored chunks (dense after dropped ones).
-                        "chunk_index": position,
-                        "text": text,
-                        "source": doc.source,
-                        "staged": True,  # invisible to search until committed
-                    },
-                )
-                for position, (text, vector) in enumerate(zip(batch, vectors, strict=True), start)
-            )
+        store = self._store_pipelined if self.pipelining.enabled else self._store_sequential
         try:
-            await self._stage(stored, calls)
-            await self._commit(doc.document_id, version, len(stored), calls)
+            stored = await store(doc, kept, version, calls)
+            await self._commit(doc.document_id, version, stored, calls)
         except BaseException:
             # Cancelled (the caller left) too: the version must not linger, even invisibly.
-            await self._discard(doc.document_id, version, calls)
+            # Nothing to discard when no upsert was sent (a failed embedding, say).
+            if calls.staging:
+                await self._discard(doc.document_id, version, calls)
             raise
-        return IngestOutcome(doc.document_id, len(stored), len(chunks) - len(kept), timings=calls.timings)
+        return IngestOutcome(doc.document_id, stored, len(chunks) - len(kept), timings=calls.timings)
+
+    async def _store_sequential(self, doc: IngestDocument, kept: list[str], version: str, calls: _Calls) -> int:
+        """Embeds every chunk, one call at a time, then upserts them batch after batch."""
+        stored: list[StoredChunk] = []
+        for start in range(0, len(kept), EMBED_BATCH):
+            stored.extend(await self._embed(doc, kept, start, version, calls))
+        p = self.pipelining
+        for batch in upsert_batches(stored, p.upsert_batch_bytes, p.max_points):
+            await self._upsert(batch, calls)
+        return len(stored)
+
+    async def _store_pipelined(self, doc: IngestDocument, kept: list[str], version: str, calls: _Calls) -> int:
+        """Stages ``kept`` as the sequential path does, with embedding and upserts overlapped:
+        batch k is upserted while batch k+1 is embedded. A batch takes one of
+        ``batches_in_flight`` slots from its first chunk until its upsert returns."""
+        p = self.pipelining
+        slots = asyncio.Semaphore(p.batches_in_flight)
+        full: asyncio.Queue[list[StoredChunk] | None] = asyncio.Queue()
+        stored = 0
+
+        async def fill() -> None:
+            builder = _BatchBuilder(p.upsert_batch_bytes, p.max_points)
+            pending: deque[asyncio.Task[list[StoredChunk]]] = deque()
+
+            async def place(chunks: list[StoredChunk]) -> None:
+                for chunk in chunks:
+                    size = wire_bytes(chunk)
+                    if not builder.fits(size):
+                        full.put_nowait(builder.take())
+                    if not builder.chunks:
+                        await slots.acquire()  # a new batch waits for the oldest to be stored
+                    builder.add(chunk, size)
+                    if len(builder.chunks) == builder.max_points:
+                        full.put_nowait(builder.take())  # nothing more fits: store it now
+
+            try:
+                for start in range(0, len(kept), EMBED_BATCH):
+                    pending.append(asyncio.ensure_future(self._embed(doc, kept, start, version, calls)))
+                    if len(pending) >= p.embed_calls_in_flight:
+                        await place(await pending.popleft())
+                while pending:
+                    await place(await pending.popleft())
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            if builder.chunks:
+                full.put_nowait(builder.take())
+            full.put_nowait(None)
+
+        async def drain() -> None:
+            nonlocal stored
+            while (batch := await full.get()) is not None:
+                await self._upsert(batch, calls)
+                stored += len(batch)
+                slots.release()
+
+        await _together([asyncio.ensure_future(fill()), asyncio.ensure_future(drain())])
+        return stored
+
+    async def _embed(
+        self, doc: IngestDocument, kept: list[str], start: int, version: str, calls: _Calls
+    ) -> list[StoredChunk]:
+        """Chunks ``kept[start : start + EMBED_BATCH]``, embedded, as staged points."""
+        batch = kept[start : start + EMBED_BATCH]
+        vectors = await calls("ingest_embed", "embedding", lambda t: self.backends.embedding.embed(batch, t))
+        return [
+            StoredChunk(
+                id=point_id(doc.document_id, position, version),
+                vector=vector,
+                payload={
+                    "document_id": doc.document_id,
+                    "version": version,
+                    # Position among stored chunks (dense after dropped ones).
+                    "chunk_index": position,
+                    "text": text,
+                    "source": doc.source,
+                    "staged": True,  # invisible to search until committed
+                },
+            )
+            for position, (text, vector) in enumerate(zip(batch, vectors, strict=True), start)
+        ]
 
     async def _chunks(self, text: str, calls: _Calls) -> list[str]:
         if self.chunking == "chars":
@@ -256,12 +437,9 @@ class Ingestor:
             lambda t: self.backends.embedding.chunk(text, self.chunk_tokens, self.overlap_tokens, t),
         )
 
-    async def _stage(self, stored: list[StoredChunk], calls: _Calls) -> None:
-        for start in range(0, len(stored), UPSERT_BATCH):
-            await self._upsert(stored[start : start + UPSERT_BATCH], calls)
-
     async def _upsert(self, batch: list[StoredChunk], calls: _Calls) -> None:
         retrieval = self.backends.retrieval
+        calls.staging = True  # from the first attempt on, something of the version may be stored
         try:
             await calls("ingest_stage", "retrieval", lambda t: retrieval.upsert(self.collection, batch, t))
         except CollectionMissing:
@@ -319,6 +497,7 @@ class _Calls:
         self.limits = ingestor.call_limits
         self.deadline = deadline
         self.timings = timings
+        self.staging = False  # an upsert of this document's version has been sent
 
     async def __call__(self, stage: str, service: str, fn: Callable[[float], Awaitable[T]]) -> T:
         limits = self.limits[stage]
@@ -335,3 +514,15 @@ class _Calls:
             self.runner.refuse_if_open(stage, self.names[service])
         except StageFailure as failure:
             raise failure.as_error() from None
+
+
+async def _together(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Awaits ``tasks``; the first to fail cancels the others, which are awaited, and its
+    exception is raised as it is (not in a group). Cancelling the caller cancels them all."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

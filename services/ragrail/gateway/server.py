@@ -33,7 +33,7 @@ from ragrail.gateway.auth import Authenticator
 from ragrail.gateway.backends import Backends
 from ragrail.gateway.clients import grpc_backends
 from ragrail.gateway.feedback import FeedbackStore
-from ragrail.gateway.ingestion import Ingestor
+from ragrail.gateway.ingestion import Ingestor, Pipelining
 from ragrail.gateway.interceptors import PUBLIC, GatewayInterceptor, MethodPolicy
 from ragrail.gateway.metrics import GatewayMetrics
 from ragrail.gateway.registry import RegistryLoader
@@ -207,6 +207,14 @@ def build_gateway(
         chunking=g.chunking,
         chunk_tokens=g.chunk_tokens,
         overlap_tokens=g.chunk_overlap_tokens,
+        pipelining=Pipelining(
+            enabled=g.ingest.pipelined,
+            upsert_batch_bytes=g.ingest.upsert_batch_bytes,
+            upsert_batch_points=g.ingest.upsert_batch_points,
+            batches_in_flight=g.ingest.batches_in_flight,
+            embed_calls_in_flight=g.ingest.embed_calls_in_flight,
+            documents_in_flight=g.ingest.documents_in_flight,
+        ),
     )
     auth = (
         Authenticator.from_file(g.auth.keys_file, enabled=True)
