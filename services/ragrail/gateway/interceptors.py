@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 
 from ragrail.common.config import AdmissionClassSettings, GatewayAdmissionSettings
-from ragrail.common.errors import RagrailError
+from ragrail.common.errors import RagrailError, Unavailable
 from ragrail.common.grpc_errors import abort
 from ragrail.common.interceptors import refusing_handler, wrap_handler
 from ragrail.gateway.admission import Admission, LatencyLimit, current_ticket
@@ -115,6 +115,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             raise ValueError(f"unknown admission classes in method policies: {sorted(unknown)}")
         self.metrics = metrics
         self.calls = metrics.rpcs
+        self.draining = False  # set by the gateway's stop(): new calls are refused, calls in flight finish
 
     def policy(self, method: str) -> MethodPolicy:
         return self.policies.get(method, MethodPolicy())
@@ -131,6 +132,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         name = _short(details.method)
         metadata = _text_metadata(details.invocation_metadata)
         try:
+            if self.draining:
+                raise Unavailable("the gateway is shutting down; retry (another replica, or this one once restarted)")
             principal = self._admit(policy, metadata)
         except RagrailError as exc:
             self.calls.labels(name, exc.status.value).inc()

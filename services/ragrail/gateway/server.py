@@ -10,7 +10,9 @@ probes that cannot speak TLS (Kubernetes' gRPC probe); off unless asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,8 @@ class RunningGateway:
     health_server: grpc.aio.Server | None = None  # the plaintext health-only port, when on
     health_port: int | None = None
     grace_s: float = 5.0  # default drain period of stop()
+    interceptor: GatewayInterceptor | None = None  # refuses new calls once a drain begins
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second stop() during the drain
     _stopped: bool = False
 
     def reload(self) -> bool:
@@ -97,24 +101,41 @@ class RunningGateway:
         return True
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drains: NOT_SERVING at once, new calls refused, calls in flight get ``grace_s``
-        (default ``gateway.shutdown_grace_s``) to finish, then are cancelled.
+        """Drains: NOT_SERVING at once, new calls refused (UNAVAILABLE, which clients retry), calls
+        in flight get ``grace_s`` (default ``gateway.shutdown_grace_s``) to finish, then are cancelled.
 
         Calling it again while it drains (a second Ctrl-C, ``stop(0)``) shortens the wait.
         """
         grace = self.grace_s if grace_s is None else grace_s
         if self._stopped:
+            self._hurry.set()
             await self.server.stop(grace)
             return
         self._stopped = True
+        if self.interceptor is not None:
+            # Before any await: every call that arrives from now on is refused by the interceptor
+            # with UNAVAILABLE. grpc's own stop, racing a call on a new connection, could instead
+            # end it CANCELLED, which clients do not retry.
+            self.interceptor.draining = True
         for task in self.tasks:
             task.cancel()
         await mark_not_serving(self.health, [SERVICE_NAME])  # type: ignore[arg-type]
-        await self.server.stop(grace)
+        started = time.monotonic()
+        await self._calls_done(grace)
+        await self.server.stop(max(0.0, grace - (time.monotonic() - started)))
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self.channel.close()
         self.servicer.feedback.close()
+
+    async def _calls_done(self, grace_s: float) -> None:
+        """Waits until no call is in flight, ``grace_s`` passes, or a second stop() hurries it."""
+        if self.interceptor is None:
+            return
+        deadline = time.monotonic() + grace_s
+        while self.interceptor.rpcs.in_flight and time.monotonic() < deadline and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), min(0.05, max(0.0, deadline - time.monotonic())))
 
 
 def serve_channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -340,6 +361,7 @@ async def start_gateway(
     gateway = RunningGateway(
         server, port, metrics_port, servicer, loader, channel, health,
         health_server=health_server, health_port=bound_health_port, grace_s=g.shutdown_grace_s,
+        interceptor=interceptor,
     )
     gateway.tasks.append(asyncio.create_task(_watch(gateway, g.reload_interval_s)))
     gateway.tasks.append(asyncio.create_task(_sweep_feedback(servicer.feedback, g.feedback.sweep_interval_s)))
