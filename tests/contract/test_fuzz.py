@@ -88,13 +88,13 @@ CALL_TIMEOUT_S = 30.0  # the default deadline: hitting it is a hang
 SHORT_TIMEOUTS = st.sampled_from([0.001, 0.02, 0.2, 1.0])
 SLACK_S = 2.0  # how far past its deadline a call may be answered (a loaded 2-core CI box)
 # Memory is measured after malloc_trim (live_rss): without it glibc kept the large transient
-# requests' heap and the "long" run read 640-817 MiB. Trimmed, the long run grows ~370 MiB
-# (2026-12-05), nearly all the first time each of Embed, Chunk and Upsert meets new shapes
-# (the models' and tokenizer's caches per input shape, the stored points); the same cases
-# drawn again add little (test_a_second_round_holds_no_more_memory, over the stateless Embed and
-# Chunk: a second round of Upsert stores new points, which is data, not a leak).
+# requests' heap and the "long" run read 640-817 MiB. Trimmed, the long run grows 325-373 MiB
+# (2026-12-05), most of it the first time Embed, Chunk and Upsert meet new input shapes (the
+# models' and tokenizer's caches) and store points. A leak grows with every case; caches
+# fill up: test_a_second_round_holds_no_more_memory fuzzes the stateless Embed and Chunk
+# again and wants under a quarter of their first round's growth (measured: 28 MiB after 190).
 RSS_GROWTH_BOUND = (300 if PROFILE == "ci" else 450) * 2**20
-SECOND_ROUND_BOUND = 32 * 2**20
+SECOND_ROUND_SHARE = 0.25
 REPEATED = ("Embed", "Chunk")  # stateless, and the two whose first round grew memory most
 
 CLEAN = {
@@ -496,13 +496,19 @@ async def test_rss_growth_is_bounded(services: grpc.Channel, gateway: grpc.Chann
     assert growth < RSS_GROWTH_BOUND, f"RSS grew by {growth / 2**20:.0f} MiB"
 
 
-@pytest.mark.skipif(PROFILE == "ci", reason="the ci profile's first round is too short to reach the plateau")
+@pytest.mark.skipif(PROFILE == "ci", reason="the ci profile's first round is too short to fill the caches")
 async def test_a_second_round_holds_no_more_memory(services: grpc.Channel, gateway: grpc.Channel) -> None:
-    """A leak grows with every case; caches and stored data stop growing: fuzz the RPCs that grew
-    most once more and the process must hold (almost) nothing more."""
+    """A leak grows with every case; caches stop growing: fuzz the stateless RPCs whose first
+    round grew memory once more, and the process must grow far less than the first time."""
+    first_round, previous = 0, RSS.start
+    for name, rss in RSS_AFTER.items():
+        if any(name.startswith(f"test_service_requests[{rpc}]") for rpc in REPEATED):
+            first_round += max(0, rss - previous)
+        previous = rss
     before = live_rss()
     for target in (t for t in SERVICE_TARGETS if t.name in REPEATED):
         await run_in_thread(fuzz_typed(services, target))
     growth = live_rss() - before
-    print(f"\nRSS growth over a second round of {', '.join(REPEATED)}: {growth / 2**20:.0f} MiB")
-    assert growth < SECOND_ROUND_BOUND, f"a second round grew RSS by {growth / 2**20:.0f} MiB: a leak"
+    print(f"\nRSS growth of {', '.join(REPEATED)}: first round {first_round / 2**20:.0f} MiB, "
+          f"second round {growth / 2**20:.0f} MiB")
+    assert growth < max(SECOND_ROUND_SHARE * first_round, 16 * 2**20), "the second round grew as the first: a leak"
