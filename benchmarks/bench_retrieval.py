@@ -13,7 +13,10 @@ is an exact search in numpy over the same vectors (one matrix-vector product
 and a partial sort per query). recall@10 = share of the exact top 10 that
 Qdrant returned.
 
-Build time includes the HNSW index the engine builds as points arrive. Building
+Build time includes the HNSW index the engine builds as points arrive. Memory is
+the process's resident set grown while the store was built and searched (the
+vectors' own numpy copy is made before), and the store's folder on disk.
+Building
 is capped (--max-build-s): local mode writes every point to SQLite, so 100k
 points can take minutes. When the cap is hit, the run goes
 on with the points stored so far and says so.
@@ -56,6 +59,33 @@ class Run:
     exact_p50_ms: float
     exact_p99_ms: float
     recall: float
+    rss_growth_mb: float = 0.0
+    disk_mb: float = 0.0
+
+
+def rss_mb() -> float:
+    """This process's resident set now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def folder_mb(folder: str) -> float:
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512  # allocated, not sparse size
+            except OSError:
+                pass
+    return total / 2**20
 
 
 def point_id(i: int) -> str:
@@ -74,6 +104,7 @@ def bench_size(n: int, queries: int, max_build_s: float, url: str | None, engine
     qs = clustered(queries, rng, centres)
 
     folder = None
+    rss_before = rss_mb()
     if url:
         store = VectorStore(url=url, timeout_s=60)
         backend = "server"
@@ -117,6 +148,8 @@ def bench_size(n: int, queries: int, max_build_s: float, url: str | None, engine
             times.append(time.perf_counter() - t0)
             hits += len({uuid.UUID(h.id).int - 1 for h in found} & truth)
         recall = hits / (len(qs) * min(TOP_K, stored))
+        rss_growth = rss_mb() - rss_before
+        disk = folder_mb(folder) if folder else 0.0
     finally:
         try:
             if url:
@@ -127,7 +160,8 @@ def bench_size(n: int, queries: int, max_build_s: float, url: str | None, engine
                 shutil.rmtree(folder, ignore_errors=True)
     return Run(backend, n, stored, build_s, capped,
                c.percentile(times, 50) * 1000, c.percentile(times, 99) * 1000,
-               c.percentile(exact_times, 50) * 1000, c.percentile(exact_times, 99) * 1000, recall)
+               c.percentile(exact_times, 50) * 1000, c.percentile(exact_times, 99) * 1000, recall,
+               rss_growth, disk)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [[r.backend, f"{r.stored:,}" + ("" if not r.capped else f" of {r.requested:,}"), r.build_s,
              r.p50_ms, r.p99_ms, r.exact_p50_ms, r.exact_p99_ms, f"x{r.p50_ms / r.exact_p50_ms:.2f}",
-             f"x{r.p99_ms / r.exact_p99_ms:.2f}", r.recall] for r in runs]
+             f"x{r.p99_ms / r.exact_p99_ms:.2f}", r.recall, f"{r.rss_growth_mb:,.0f}",
+             f"{r.disk_mb:,.0f}" if r.disk_mb else "-"] for r in runs]
     print(f"\nretrieval: {queries} queries, top {TOP_K}, cosine, {DIM}-d, {CLUSTERS} clusters; "
           "Qdrant through ragrail's VectorStore vs exact numpy search")
     print(c.table(["qdrant", "points", "build s", "p50 ms", "p99 ms", "numpy p50 ms", "numpy p99 ms",
-                   "p50 / numpy", "p99 / numpy", "recall@10"], rows))
+                   "p50 / numpy", "p99 / numpy", "recall@10", "RSS growth MiB", "disk MiB"], rows))
 
     figures = []
     for r in runs:
@@ -172,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "1.000 exact numpy", f"{r.recall:.3f}"))
         figures.append(c.Figure(BENCH, f"{r.backend} build, {size} points", f"{r.build_s:.1f} s",
                                 "-", f"{r.stored / r.build_s:,.0f} points/s"))
+        figures.append(c.Figure(BENCH, f"{r.backend} memory, {size} points",
+                                f"RSS +{r.rss_growth_mb:,.0f} MiB, disk {r.disk_mb:,.0f} MiB",
+                                f"{r.stored * DIM * 4 / 2**20:,.0f} MiB of raw float32 vectors", "-"))
     if c.should_record(args):
         c.record(figures, args.docs)
     return 0
