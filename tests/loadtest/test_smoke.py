@@ -202,7 +202,7 @@ def test_benchmarks_without_a_stack_print_numbers(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(r"added by the gateway\s+-?\d+\.\d+\s+-?\d+\.\d+", out.stdout), out.stdout
     # points, build s, p50, p99, numpy p50, numpy p99, p50 / numpy, p99 / numpy, recall@10,
-    # RSS growth MiB, disk MiB
-    row = r"embedded edge\s+1,000(\s+x?[\d.]+){7}\s+(0|1)\.\d+\s+-?[\d,]+\s+[\d,]+"
+    # heap MiB, mapped MiB, disk MiB
+    row = r"embedded edge\s+1,000(\s+x?[\d.]+){7}\s+(0|1)\.\d+\s+-?[\d,]+\s+-?[\d,]+\s+[\d,]+"
     assert re.search(row, out.stdout), out.stdout
     assert not docs.exists()  # --quick records nothing

@@ -191,10 +191,26 @@ def test_segments_an_index_build_replaced_leave_the_disk(tmp_path: Path) -> None
         store.close()
 
 
+def test_a_shard_of_an_earlier_release_opens_with_todays_segment_cap(tmp_path: Path) -> None:
+    import json
+
+    filled(tmp_path).close()
+    config_file = tmp_path / "collections" / "docs" / "shard" / "edge_config.json"
+    config = json.loads(config_file.read_text())
+    config["optimizers"]["max_segment_size"] = None  # as written before MAX_SEGMENT_KB
+    config_file.write_text(json.dumps(config))
+    store = VectorStore(path=str(tmp_path))
+    try:
+        assert store.describe("docs").points_count == 3
+        assert json.loads(config_file.read_text())["optimizers"]["max_segment_size"] == edge.MAX_SEGMENT_KB
+    finally:
+        store.close()
+
+
 def test_the_search_ef_grows_with_the_collection() -> None:
-    sizes = [0, 100_000, 200_001, 1_000_000, 5_000_000]
+    sizes = [0, 100_000, 500_001, 1_000_000, 5_000_000]
     efs = [edge.search_ef(n) for n in sizes]
-    assert efs == sorted(efs) and efs[0] == 128 and efs[-1] == 512
+    assert efs == sorted(efs) and efs[0] == 128 and efs[-1] == 256
     assert edge.search_ef(1_000_000) > edge.search_ef(100_000)
 
 

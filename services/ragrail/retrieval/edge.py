@@ -29,8 +29,10 @@ tests/unit/test_retrieval_edge.py that fails once upstream fixes it:
   matches no boolean payload. A numpy bool is not an int to it, so it stays a bool.
 - ``EdgeShard.optimize()`` (which builds the HNSW index) holds the GIL for its whole run:
   no other Python thread in the process runs meanwhile. So it runs only after an upsert
-  that leaves enough unindexed points (geometric: at least ``index_min_points`` and 10 %
-  of what is indexed), inside that upsert call, never on a timer.
+  that leaves ``index_min_points`` unindexed, inside that upsert call, never on a timer,
+  and segments are capped in size (``MAX_SEGMENT_KB``), so one build indexes the new points
+  and merges small segments instead of rebuilding the whole collection's graph.
+- Segments that ``optimize()`` replaced stay on disk until a ``flush()``.
 """
 
 from __future__ import annotations
@@ -66,13 +68,21 @@ LOCAL_MODE_META = "meta.json"
 LOCAL_MODE_FILES = ("meta.json", "collection", ".lock")
 
 # HNSW: Qdrant's defaults for building. The search ef grows with the collection, by
-# measurement (384-d clustered points, benchmarks/bench_retrieval.py, 2 cores): at 100k
-# ef 64 gave recall@10 0.970, 128 gave 0.995, 256 0.999, p50 ~1-2 ms for all; at 300k ef
-# 128 gave 0.951, 256 0.981-0.985, 512 0.992 at p50 3.6 ms; at 1M ef 128 gave 0.936.
+# measurement (384-d clustered points, benchmarks/bench_retrieval.py, 2 cores, segments
+# capped at MAX_SEGMENT_KB): at 100k ef 128 gave recall@10 0.996, 256 1.000; at 1M ef 128
+# gave 0.994 (p50 8.7 ms), 256 gave 0.999 (10.0 ms). Uncapped, one big segment needed more:
+# ef 128 gave 0.951 at 300k and 0.936 at 1M.
 # (collection size up to, ef): the first row that fits; past the last, its ef.
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF_BY_SIZE = ((200_000, 128), (500_000, 256), (2_000_000, 512))
+HNSW_EF_BY_SIZE = ((500_000, 128), (5_000_000, 256), (50_000_000, 512))
+# Largest segment the merge optimizer builds, in KB (~130k 384-d points). Without a cap,
+# Qdrant merges down to its automatic segment count (the CPU count, 2 here), so every
+# build merged the new points into one big segment and rebuilt its graph: 16 s at 300k
+# points, ~60 s at 1M. With the cap a build re-indexes at most one capped segment (1-5 s
+# per 10k new points up to 1M), a small collection keeps few segments (100k: 2, p50
+# 2.6 ms; 8 uncapped segments gave 4.6 ms) and 1M points are 9 (p99 12 ms).
+MAX_SEGMENT_KB = 200_000
 
 
 def search_ef(points: int) -> int:
@@ -85,6 +95,8 @@ FULL_SCAN_THRESHOLD_KB = 10_000
 # Segments grow to this many KB before the optimizer indexes them (Qdrant's own default
 # is 10 MB, ~6.5k 384-d vectors); kept low so what optimize() indexes is everything new.
 INDEXING_THRESHOLD_KB = 1_000
+# Unindexed points that trigger a build: they are searched by a plain scan, which Edge does
+# at ~0.4 us per 384-d point (70k points: 27 ms a query), so the tail stays under ~4 ms.
 INDEX_MIN_POINTS = 10_000
 _RRF_K = 60  # reciprocal rank fusion's constant (Qdrant's default)
 
@@ -253,7 +265,7 @@ class EdgeClient:
             distance = qm.Distance(info["distance"])
             lexical = bool(info.get("lexical", False))
             if (shard_path / "edge_config.json").is_file():
-                shard = edge.EdgeShard.load(str(shard_path))
+                shard = _load_shard(shard_path, _shard_config(info["dimension"], distance, lexical))
             else:
                 shard = edge.EdgeShard.create(str(shard_path), _shard_config(info["dimension"], distance, lexical))
             points = shard.info().points_count
@@ -450,11 +462,22 @@ class EdgeClient:
         )
 
     def _maybe_index(self, name: str, c: _Collection) -> None:
-        # Geometric: the unindexed tail (searched by a full scan) stays under ~10 % of the
-        # collection and the total indexing work stays O(n log n) over a bulk ingest.
+        # A fixed step: the unindexed tail (scanned on every search) stays small, and each
+        # build's cost stays bounded because segments are capped at MAX_SEGMENT_KB.
         points = c.points = c.shard.info().points_count
-        if points - c.optimized_at >= max(self.index_min_points, c.optimized_at // 10):
+        if points - c.optimized_at >= self.index_min_points:
             self.optimize(name)
+
+
+def _load_shard(path: Path, config: Any) -> Any:
+    """Opens a shard with this release's settings (the optimizer's segment cap, which a
+    shard written by an earlier release lacks); the engine checks they are compatible. One
+    it refuses opens with the settings it was written with."""
+    try:
+        return edge.EdgeShard.load(str(path), config)
+    except Exception as exc:  # noqa: BLE001 (the binding raises its own untyped errors)
+        log.warning("shard %s keeps the settings it was written with: %s", path, exc)
+        return edge.EdgeShard.load(str(path))
 
 
 def _shard_config(dimension: int, distance: qm.Distance, lexical: bool = False) -> Any:
@@ -465,7 +488,7 @@ def _shard_config(dimension: int, distance: qm.Distance, lexical: bool = False) 
         hnsw_config=edge.HnswIndexConfig(
             m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_THRESHOLD_KB
         ),
-        optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
+        optimizers=edge.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB, max_segment_size=MAX_SEGMENT_KB),
     )
 
 
