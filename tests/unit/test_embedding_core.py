@@ -73,11 +73,14 @@ def test_bfloat16_vectors_match_float32_ones(
     assert [e.token_count for e in half_vectors] == [e.token_count for e in full_vectors]
 
 
-def test_auto_is_float32_on_cpu(minilm_path: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_cpu_is_bfloat16_only_where_the_cpu_has_it(minilm_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    from ragrail.common.models import _cpu_has_native_bf16
+
+    auto = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32  # AMX / AVX512-BF16
     with caplog.at_level(logging.INFO, logger="ragrail.embedding.core"):
         embedder = TextEmbedder(minilm_path, name="all-MiniLM-L6-v2")
-    assert (embedder.device, embedder.dtype, embedder.model.dtype) == ("cpu", torch.float32, torch.float32)
-    assert "embedding model all-MiniLM-L6-v2 on cpu (float32)" in caplog.messages
+    assert (embedder.device, embedder.dtype, embedder.model.dtype) == ("cpu", auto, auto)
+    assert f"embedding model all-MiniLM-L6-v2 on cpu ({str(auto).removeprefix('torch.')})" in caplog.messages
 
 
 def test_the_builder_passes_dtype_and_logs_it(

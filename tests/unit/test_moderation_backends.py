@@ -293,15 +293,20 @@ def test_bfloat16_weights_score_like_float32(
 ) -> None:
     import torch
 
+    from ragrail.common.models import _cpu_has_native_bf16
+
     with caplog.at_level(logging.INFO, logger="ragrail.moderation.core"):
         half = TransformersClassifierScorer(str(tiny_classifier), "toxic", dtype="bfloat16")
-    assert (scorer.dtype, scorer._model.dtype) == (torch.float32, torch.float32)  # auto on CPU
+    full = TransformersClassifierScorer(str(tiny_classifier), "toxic", dtype="float32")
+    auto = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32  # auto on this CPU
+    assert (scorer.dtype, scorer._model.dtype) == (auto, auto)
+    assert (full.dtype, full._model.dtype) == (torch.float32, torch.float32)
     assert (half.dtype, half._model.dtype) == (torch.bfloat16, torch.bfloat16)
     assert f"moderation model {tiny_classifier} on cpu (bfloat16)" in caplog.messages
     scores = half.score(TEXTS)
     assert all(type(p) is float and 0.0 <= p <= 1.0 for p in scores)
-    assert scores == pytest.approx(scorer.score(TEXTS), abs=0.02)
-    assert scores != pytest.approx(scorer.score(TEXTS), abs=1e-6), "bfloat16 weights should change scores a little"
+    assert scores == pytest.approx(full.score(TEXTS), abs=0.02)
+    assert scores != pytest.approx(full.score(TEXTS), abs=1e-6), "bfloat16 weights should change scores a little"
 
 
 def test_the_transformers_backend_passes_its_dtype(tiny_classifier: Path) -> None:
@@ -311,4 +316,7 @@ def test_the_transformers_backend_passes_its_dtype(tiny_classifier: Path) -> Non
     built = build_scorer(configured, "cpu")
     assert isinstance(built, TransformersClassifierScorer) and built._model.dtype == torch.bfloat16
     default = build_scorer(CategorySettings(backend="transformers", model=str(tiny_classifier), label="toxic"), "cpu")
-    assert isinstance(default, TransformersClassifierScorer) and default.dtype == torch.float32
+    from ragrail.common.models import _cpu_has_native_bf16
+
+    auto = torch.bfloat16 if _cpu_has_native_bf16() else torch.float32  # auto on this CPU
+    assert isinstance(default, TransformersClassifierScorer) and default.dtype == auto
