@@ -24,6 +24,10 @@ RetrievalUser, GenerationUser, ModerationUser.
 Each call is reported to locust with its name, latency, response size and gRPC
 status. Canned fallbacks are their own type and name
 (``fallback`` / ``rag@1 [fallback:retrieval_miss]``): visible, never failures.
+Pipeline users retry a call the gateway refused for capacity (RESOURCE_EXHAUSTED
+with ``retry-after``) as ragrail-client does (``--refusal-retries``, default 2):
+an answer after a retry is its own row, ``rag@1 [retried]``, its latency with the
+wait; a refusal that outlasts the retries is a failure.
 
 Configuration
 -------------
@@ -71,8 +75,10 @@ from ragrail_load.grpc_calls import (  # noqa: E402
     DEFAULT_GATEWAY,
     DEFAULT_SERVE,
     auth_metadata,
+    Retries,
     classify_run,
     open_channel,
+    retrying_refusals,
     serve_metadata,
     target,
     timed_call,
@@ -139,6 +145,10 @@ def _arguments(parser) -> None:  # type: ignore[no-untyped-def]
                        help="seconds a user waits between calls, at most")
     group.add_argument("--call-timeout", env_var="RAGRAIL_LT_TIMEOUT", type=float, default=60.0,
                        help="gRPC deadline of each call in seconds")
+    group.add_argument("--refusal-retries", env_var="RAGRAIL_LT_REFUSAL_RETRIES", type=int, default=2,
+                       help="pipeline calls refused with RESOURCE_EXHAUSTED and a retry-after are tried again "
+                       "after that wait, this many times within the call's deadline, as ragrail-client does "
+                       "(answers after a retry: rows named '<pipeline> [retried]'); 0 reports every refusal")
     group.add_argument("--gen-max-tokens", env_var="RAGRAIL_LT_GEN_MAX_TOKENS", type=int, default=32,
                        help="max_new_tokens of GenerationUser's calls")
     group.add_argument("--collection", env_var="RAGRAIL_LT_COLLECTION", default="documents",
@@ -246,10 +256,14 @@ class _PipelineUser(_GrpcUser):
     def run_pipeline(self) -> None:
         ref = self.pipeline
         request = gateway_pb2.RunRequest(pipeline=ref, query=self._query(), session_id=self.session_id)
+        tries = Retries()
         response = timed_call(
             self._fire, ref,
-            lambda: self.stub.Run(request, timeout=self.timeout, metadata=self.metadata),
-            classify=lambda r: classify_run(ref, r),
+            lambda: retrying_refusals(
+                lambda timeout: self.stub.Run(request, timeout=timeout, metadata=self.metadata),
+                self.timeout, int(_option(self, "refusal_retries", 2)), gevent.sleep, tries,
+            ),
+            classify=lambda r: classify_run(ref, r), retries=tries,
         )
         if response is not None and "@" not in ref:
             VERSIONS_SEEN[(ref, f"{response.pipeline}@{response.pipeline_version}")] += 1

@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--think-min", type=float)
     p.add_argument("--think-max", type=float)
     p.add_argument("--call-timeout", type=float, help="deadline of each call, seconds (default 60)")
+    p.add_argument("--refusal-retries", type=int,
+                   help="retries of a call refused with retry-after, as ragrail-client does (default 2; 0: none)")
     p.add_argument("--step", type=parse_steps, help="step-load profile: user counts, e.g. 1,2,4,8")
     p.add_argument("--step-time", type=parse_duration, default=30, help="duration of each step (default 30s)")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
@@ -153,6 +155,7 @@ def locust_command(args: argparse.Namespace, users: int, spawn_rate: float, seco
         "--tls-server-name": args.tls_server_name, "--pipeline": args.pipeline,
         "--queries-dir": args.queries_dir, "--off-topic-ratio": args.off_topic_ratio,
         "--think-min": think[0], "--think-max": think[1], "--call-timeout": args.call_timeout,
+        "--refusal-retries": args.refusal_retries,
     }
     for flag, value in options.items():
         if value not in (None, ""):

@@ -8,6 +8,10 @@ Every call is reported once, with:
   fallbacks get their own name, ``rag@1 [fallback:retrieval_miss]``, and answers
   from the gateway's response cache ``rag@2 [cached]``, so both are visible in
   the report without being failures or skewing the answered latencies;
+  an answer that came after the gateway refused the call at first
+  (RESOURCE_EXHAUSTED with ``retry-after``) and the user waited and tried again,
+  as ragrail-client does, gets `` [retried]`` after its name: its latency
+  (the wait included) counts for the pipeline, in a row of its own;
 - ``response_time`` in milliseconds and ``response_length`` in bytes (the
   serialized response);
 - ``exception``: a ``GrpcCallError("CODE: details")`` for a non-OK status.
@@ -26,6 +30,8 @@ from typing import Any
 import grpc
 
 from ragrail.gateway.v1 import gateway_pb2 as gateway_pb
+
+RETRIED_SUFFIX = " [retried]"
 
 FALLBACK_PREFIX = "FALLBACK_REASON_"
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -76,6 +82,60 @@ def classify_run(ref: str, response: gateway_pb.RunResponse) -> tuple[str, str]:
 
 
 Fire = Callable[..., None]
+Sleep = Callable[[float], None]
+
+
+class Retries:
+    """How many times one call was tried again after a refusal (``retrying_refusals``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def refusal_wait(exc: grpc.RpcError, tries: int, max_retries: int, remaining_s: float) -> float | None:
+    """Seconds to wait before trying a refused call again, or None to report it as it is.
+
+    The policy of ragrail-client (its ``retry_delay``), so a load test sees what a backend
+    using the recommended client sees: only RESOURCE_EXHAUSTED carrying the gateway's
+    ``retry-after`` is retried, ``max_retries`` times at most, and only when the wait leaves
+    time for the call within its deadline.
+    """
+    code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED or tries >= max_retries:
+        return None
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None  # type: ignore[attr-defined]
+    wait = _retry_after(trailers or ())
+    if wait is None or wait >= remaining_s:
+        return None
+    return wait
+
+
+def retrying_refusals(
+    call: Callable[[float], Any], timeout_s: float, max_retries: int, sleep: Sleep, tries: Retries
+) -> Any:
+    """``call(timeout)`` under one deadline of ``timeout_s`` over every try, retried after the
+    gateway's ``retry-after`` when it refused (``refusal_wait``); the last error is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call(max(0.0, deadline - time.monotonic()))
+        except grpc.RpcError as exc:
+            wait = refusal_wait(exc, tries.count, max_retries, deadline - time.monotonic())
+            if wait is None:
+                raise
+            tries.count += 1
+            sleep(wait)
+
+
+def _retry_after(metadata: Sequence[tuple[str, Any]]) -> float | None:
+    """The gateway's ``retry-after`` trailer in seconds (ragrail.common.errors sends it)."""
+    for key, value in metadata:
+        if key.lower() == "retry-after":
+            try:
+                return float(value.decode() if isinstance(value, bytes) else value)
+            except ValueError:
+                return None
+    return None
 
 
 def timed_call(
@@ -83,11 +143,13 @@ def timed_call(
     name: str,
     call: Callable[[], Any],
     classify: Callable[[Any], tuple[str, str]] | None = None,
+    retries: Retries | None = None,
 ) -> Any:
     """Runs ``call()``, reports it through ``fire`` (locust's request event) and returns its response.
 
     Returns None when the call failed (the failure is reported, not raised:
-    a locust task should go on to its next iteration).
+    a locust task should go on to its next iteration). ``retries``: the counter of a
+    ``retrying_refusals`` inside ``call``; an answer after a retry is named ``<name> [retried]``.
     """
     start = time.perf_counter()
     try:
@@ -106,6 +168,8 @@ def timed_call(
         return None
     elapsed = (time.perf_counter() - start) * 1000
     request_type, report_name = classify(response) if classify else ("grpc", name)
+    if retries is not None and retries.count:
+        report_name += RETRIED_SUFFIX
     fire(request_type=request_type, name=report_name, response_time=elapsed,
          response_length=response.ByteSize(), exception=None, context={})
     return response

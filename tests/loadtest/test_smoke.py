@@ -17,13 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+
+from ragrail.gateway.v1 import gateway_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 LOADTEST = ROOT / "loadtest"
 sys.path.insert(0, str(LOADTEST))
 
 from ragrail_load import slo  # noqa: E402
+from ragrail_load.grpc_calls import RETRIED_SUFFIX, Retries, retrying_refusals, timed_call  # noqa: E402
 from ragrail_load.queries import QuerySet  # noqa: E402
 
 COLUMNS = ["Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
@@ -153,9 +157,6 @@ def stub_gateway() -> str:
 def test_every_shipped_pipeline_version_answers_over_the_stubs(stub_gateway: str) -> None:
     """The locust run below reaches versions by a sticky traffic split, so a version the stubs
     cannot serve would fail it only for some session ids: every version is called here instead."""
-    import grpc
-
-    from ragrail.gateway.v1 import gateway_pb2 as pb
     from ragrail.gateway.v1 import gateway_pb2_grpc
 
     with grpc.insecure_channel(stub_gateway) as channel:
@@ -191,6 +192,67 @@ def test_headless_run_reports_answers_cache_hits_and_fallbacks(stub_gateway: str
     assert stats.aggregated is not None and stats.aggregated.failures == 0
     assert (stats_csv.parent / "run.html").exists()
     assert "SLO gates: all hold" in out.stdout
+
+
+class Refused(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...]) -> None:
+        self._code, self._trailers = code, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "the gateway's class query is at capacity"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+def _calls(*outcomes: object):  # type: ignore[no-untyped-def]
+    """A call that raises or returns ``outcomes`` in turn, recording the timeouts it was given."""
+    timeouts: list[float] = []
+    pending = list(outcomes)
+
+    def call(timeout: float) -> object:
+        timeouts.append(timeout)
+        outcome = pending.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return call, timeouts
+
+
+def test_a_refusal_with_retry_after_is_retried_like_ragrail_client_does() -> None:
+    full = Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after", "0.5"),))
+    answer = pb.RunResponse(answer="ok")
+    call, timeouts = _calls(full, full, answer)
+    slept: list[float] = []
+    fired: list[dict] = []
+    tries = Retries()
+    got = timed_call(lambda **kw: fired.append(kw), "rag@1",
+                     lambda: retrying_refusals(call, 10.0, 2, slept.append, tries), retries=tries)
+    assert got is answer and slept == [0.5, 0.5] and tries.count == 2
+    assert timeouts[0] == pytest.approx(10.0, abs=0.5) and all(t <= 10.0 for t in timeouts)  # one deadline
+    [report] = fired
+    assert report["name"] == "rag@1" + RETRIED_SUFFIX and report["exception"] is None
+
+
+@pytest.mark.parametrize("error, max_retries, timeout_s", [
+    (Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after", "1"),)), 2, 0.5),  # the wait outlasts the deadline
+    (Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, ()), 2, 10.0),  # no retry-after: not a refusal to wait out
+    (Refused(grpc.StatusCode.UNAVAILABLE, (("retry-after", "1"),)), 2, 10.0),  # not a refusal for capacity
+    (Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after", "1"),)), 0, 10.0),  # retries off
+])
+def test_refusals_not_to_wait_out_are_reported_as_failures(error, max_retries, timeout_s) -> None:  # type: ignore[no-untyped-def]
+    call, timeouts = _calls(error, pb.RunResponse(answer="late"))
+    fired: list[dict] = []
+    tries = Retries()
+    got = timed_call(lambda **kw: fired.append(kw), "rag@1",
+                     lambda: retrying_refusals(call, timeout_s, max_retries, lambda _s: None, tries), retries=tries)
+    assert got is None and len(timeouts) == 1 and tries.count == 0
+    [report] = fired
+    assert report["name"] == "rag@1" and report["exception"].code == error.code().name
 
 
 def test_benchmarks_without_a_stack_print_numbers(tmp_path: Path) -> None:
