@@ -3,9 +3,15 @@ extractive answer that replaces it."""
 
 from __future__ import annotations
 
+import pytest
+
 from ragrail.gateway.grounding import (
+    RRF_K,
+    Meaning,
     SentenceGate,
+    _scored_sentences,
     best_sentences,
+    candidate_sentences,
     check_answer,
     extractive_answer,
     mismatched_units,
@@ -191,3 +197,59 @@ def test_quotes_that_lack_the_kind_of_fact_asked_for_are_not_an_answer() -> None
     assert [q.text for q in extractive_answer("When is the café on platform 2 open on weekdays?", [FLEET], 0.5, 1)] == [
         "It is open from 06:30 to 19:00 on weekdays."
     ]
+
+
+# --- ranking by meaning --------------------------------------------------------------------
+
+FOUNDING = "Northwind Rail was founded by Margit Halvorsen on 3 March 1994."
+TRAINS_OWNED = "Today the company owns 38 trains."
+PARAPHRASE = "Whose idea was it to set up the firm?"
+
+
+def _meaning(scores: dict[str, float], question: str = PARAPHRASE, floor: float = 0.35) -> Meaning:
+    return Meaning({(question, s): v for s, v in scores.items()}, floor)
+
+
+def test_meaning_from_vectors_is_the_cosine_of_part_and_sentence() -> None:
+    meaning = Meaning.from_vectors(["q"], ["a", "b"], [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], 0.35)
+    assert meaning.of("q", "a") == 0.6 and meaning.of("q", "b") == 0.0 and meaning.of("q", "c") == 0.0
+    with pytest.raises(ValueError, match="3 vectors for 1 parts and 1 sentences"):
+        Meaning.from_vectors(["q"], ["a"], [[1.0], [1.0], [1.0]], 0.35)
+
+
+def test_candidate_sentences_skip_duplicates_fragments_and_headings() -> None:
+    assert candidate_sentences(["# Company history\n" + FOUNDING + " Yes.", FOUNDING + " " + TRAINS_OWNED]) == [FOUNDING, TRAINS_OWNED]
+
+
+def test_a_paraphrase_is_quoted_by_meaning_when_it_shares_no_word() -> None:
+    passages = [TRAINS_OWNED + " " + FOUNDING]
+    assert extractive_answer(PARAPHRASE, passages, 0.5, 1) == []  # by words: nothing
+    quotes = extractive_answer(PARAPHRASE, passages, 0.5, 1, _meaning({FOUNDING: 0.6, TRAINS_OWNED: 0.3}))
+    assert [q.text for q in quotes] == [FOUNDING]
+    # below min_similarity and sharing no word: not quoted
+    assert extractive_answer(PARAPHRASE, passages, 0.5, 1, _meaning({FOUNDING: 0.3, TRAINS_OWNED: 0.2})) == []
+
+
+def test_words_and_meaning_are_fused_by_rank() -> None:
+    question = "How many trains does the company own?"
+    words_only = "The company owns a depot and the trains stop there."  # many shared words, no figure
+    passages = [words_only + " " + TRAINS_OWNED + " " + FOUNDING]
+    by_words = [q.text for q in _scored_sentences(question, passages, 0.3)]
+    assert by_words[0] == TRAINS_OWNED  # the asked-for figure ranks it first
+    meaning = _meaning({words_only: 0.5, TRAINS_OWNED: 0.7, FOUNDING: 0.4}, question)
+    fused = _scored_sentences(question, passages, 0.3, meaning=meaning)
+    # first in both orders, first fused; the founding sentence enters on meaning alone, last
+    assert [q.text for q in fused] == [TRAINS_OWNED, words_only, FOUNDING]
+    assert fused[0].score == pytest.approx(2 / (RRF_K + 1))
+
+
+def test_focus_reads_the_sentences_close_in_meaning() -> None:
+    passages = [TRAINS_OWNED + " " + FOUNDING]
+    answer = "It was set up by Margit Halvorsen."
+    assert check_answer(answer, passages, question=PARAPHRASE, checks=("focus",)) == []  # no focus: passes
+    far = _meaning({TRAINS_OWNED: 0.6, FOUNDING: 0.1})
+    assert check_answer(answer, passages, question=PARAPHRASE, checks=("focus",), focus_count=1, meaning=far) == [
+        "not in the sentences about the question: Margit Halvorsen"
+    ]
+    near = _meaning({TRAINS_OWNED: 0.1, FOUNDING: 0.6})
+    assert check_answer(answer, passages, question=PARAPHRASE, checks=("focus",), focus_count=1, meaning=near) == []

@@ -4,6 +4,7 @@ and no ungrounded text is ever streamed."""
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from ragrail.common.deadline import Deadline
 from ragrail.gateway.pipeline import AnswerMode, FallbackReason, Pipeline, RunResult, build_pipeline
 from ragrail.gateway.specs import PipelineSpec, load_pipeline_dir
-from tests.unit.fakes import FakeGeneration, FakeStack, make_runner
+from tests.unit.fakes import FakeEmbedding, FakeGeneration, FakeStack, make_runner
 
 COLLECTION = "docs"
 DOCS = {
@@ -178,6 +179,92 @@ async def test_stream_and_run_give_the_same_outcome() -> None:
         ), answer
 
 
+# --- ranking sentences by meaning (sentence_ranking: hybrid) --------------------------------
+
+PARAPHRASE = "Whose idea was it to start up the railway company?"  # no content word of history.md
+
+
+class SynonymEmbedding(FakeEmbedding):
+    """A bag of words that knows a few synonyms: what a real model does for a paraphrase."""
+
+    SAME = {"idea": "founded", "start": "founded", "railway": "rail", "company": "northwind"}
+
+    def vector(self, text: str) -> list[float]:
+        words = text.lower().replace("?", " ").replace(".", " ").split()
+        return super().vector(" ".join(self.SAME.get(w, w) for w in words))
+
+
+async def make_hybrid(answer: str, **ground: Any) -> tuple[Pipeline, FakeStack]:
+    stack = FakeStack(generation=FakeGeneration(answer), embedding=SynonymEmbedding())
+    await stack.add_texts(COLLECTION, DOCS)
+    return build_pipeline(spec({"sentence_ranking": "hybrid", **ground}), stack.backends, make_runner()), stack
+
+
+async def test_hybrid_ranking_quotes_the_sentence_a_paraphrase_asks_about() -> None:
+    invented = "It was the idea of Ingrid Solberg."
+    lexical, _ = await make(invented)
+    by_words = await lexical.run(PARAPHRASE, Deadline(30))
+    assert by_words.answer == UNGROUNDED_TEXT  # no sentence shares its words: canned
+
+    pipeline, stack = await make_hybrid(invented)
+    result = await pipeline.run(PARAPHRASE, Deadline(30))
+    assert result.answer == "\u201cNorthwind Rail was founded by Margit Halvorsen in 1921.\u201d"
+    assert result.answer_mode is AnswerMode.EXTRACTIVE and [c.document_id for c in result.citations] == ["history.md"]
+    # One Embed call for the query (embed stage), one for the question and the passage sentences.
+    query_call, meaning_call = stack.embedding.calls
+    assert query_call == (PARAPHRASE,) and meaning_call[0] == PARAPHRASE
+    assert set(meaning_call[1:]) == {
+        "Tickets can be refunded in full up to 7 days before departure.", "Refund requests take 10 minutes.",
+        "A reservation for a full-size bicycle costs 4 euros on every train.",
+        "Northwind Rail was founded by Margit Halvorsen in 1921.",
+    }
+
+
+async def test_hybrid_ranking_streams_the_same_outcome_as_run() -> None:
+    pipeline, _ = await make_hybrid("It was the idea of Ingrid Solberg.")
+    ran = await pipeline.run(PARAPHRASE, Deadline(30))
+    pipeline, _ = await make_hybrid("It was the idea of Ingrid Solberg.")
+    events = [e async for e in pipeline.run_stream(PARAPHRASE, Deadline(30))]
+    final = events[-1]
+    assert isinstance(final, RunResult) and (final.answer, final.answer_mode) == (ran.answer, ran.answer_mode)
+    assert all("Solberg" not in e for e in events[:-1] if isinstance(e, str))  # never released
+
+
+async def test_a_sentence_far_in_meaning_is_not_quoted() -> None:
+    pipeline, _ = await make_hybrid("It was the idea of Ingrid Solberg.", min_sentence_similarity=0.99)
+    result = await pipeline.run(PARAPHRASE, Deadline(30))
+    assert result.answer == UNGROUNDED_TEXT and result.answer_mode is AnswerMode.CANNED
+
+
+async def test_a_failed_embed_call_falls_back_to_words_not_to_an_error() -> None:
+    pipeline, stack = await make_hybrid(INVENTED)
+    stack.embedding.faults.succeed(1).unavailable()  # the query's embedding works, the ground stage's fails
+    result = await pipeline.run(QUESTION, Deadline(30))
+    assert result.answer == "\u201cTickets can be refunded in full up to 7 days before departure.\u201d"
+    assert result.answer_mode is AnswerMode.EXTRACTIVE  # quoted by words, as a lexical stage would
+
+
+async def _until(condition: Any, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_run_that_ends_before_grounding_cancels_the_embed_call() -> None:
+    pipeline, stack = await make_hybrid(GROUNDED)
+    stack.embedding.faults.succeed(1).hang()  # the query's embedding answers, the ground stage's hangs
+    stack.generation.faults.hang()
+    run = asyncio.create_task(pipeline.run(QUESTION, Deadline(30)))
+    await _until(lambda: stack.embedding.faults.hanging == 1 and stack.generation.faults.hanging == 1)
+    run.cancel()  # the caller went away while the answer was being generated
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await _until(lambda: stack.embedding.faults.cancelled == 1)
+    assert stack.embedding.faults.hanging == 0
+
+
 # --- specs --------------------------------------------------------------------------------
 
 
@@ -190,6 +277,8 @@ def test_ground_options_are_validated_at_load() -> None:
         spec({"min_sentence_score": 0})
     with pytest.raises(ValueError, match="max_quoted_sentences"):
         spec({"max_quoted_sentences": 0})
+    with pytest.raises(ValueError, match="sentence_ranking"):
+        spec({"sentence_ranking": "semantic"})
 
 
 def test_ground_needs_a_generate_and_must_precede_output_moderation() -> None:

@@ -17,12 +17,19 @@ The extractive answer quotes the passages' sentences that share most content wor
 the question (lexical overlap: no model call, microseconds), in passage order, without
 citation markers: a marker like "[1]" is a number the passages do not contain, and the
 response's citations already list the quoted passages in order.
+
+Words alone miss a question asked in other words ("Whose idea was it to set up the railway
+company?" shares no content word with "Northwind Rail was founded in 1994 by Margit
+Halvorsen"). Given a ``Meaning`` (each sentence's cosine similarity to the question's parts,
+from the embedding model; the pipeline makes that one Embed call), sentences are ranked by
+words and by meaning, the two orders fused by reciprocal rank as hybrid retrieval fuses dense
+and lexical results, for the quotes and for the sentences the focus check reads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ragrail.common.grounding_terms import (
@@ -60,6 +67,43 @@ _STOP = frozenset(
     whose when where why how many much often long far of in on at to for from by with about as into over under and or
     not no if then than so get got have has had please tell know any some""".split()
 )
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """How close in meaning each passage sentence is to each part of the question: cosine
+    similarities of the embedding model's unit vectors. A sentence below ``min_similarity``
+    is not taken on meaning alone (it may still share the question's words)."""
+
+    similarity: Mapping[tuple[str, str], float]  # (question part, sentence) -> cosine
+    min_similarity: float
+
+    def of(self, part: str, sentence: str) -> float:
+        return self.similarity.get((part, sentence), 0.0)
+
+    @classmethod
+    def from_vectors(
+        cls, parts: Sequence[str], sentences: Sequence[str], vectors: Sequence[Sequence[float]], min_similarity: float
+    ) -> Meaning:
+        """From the vectors of ``parts`` then ``sentences``, in that order (unit length)."""
+        if len(vectors) != len(parts) + len(sentences):
+            raise ValueError(f"{len(vectors)} vectors for {len(parts)} parts and {len(sentences)} sentences")
+        part_vectors, sentence_vectors = vectors[: len(parts)], vectors[len(parts) :]
+        return cls(
+            {
+                (part, sentence): sum(a * b for a, b in zip(pv, sv, strict=True))
+                for part, pv in zip(parts, part_vectors, strict=True)
+                for sentence, sv in zip(sentences, sentence_vectors, strict=True)
+            },
+            min_similarity,
+        )
+
+
+# Reciprocal-rank fusion's constant, as in hybrid retrieval and the rerank stage.
+RRF_K = 60
+# What holding the asked-for kind of fact adds to a sentence's similarity (a cosine) when
+# ranking by meaning; by words it adds a quarter of the question's coverage.
+ASKED_KIND_BONUS = 0.1
 
 
 @dataclass(frozen=True)
@@ -144,21 +188,26 @@ def new_terms(text: str, kinds: set[str], question: str) -> list[str]:
     return [t.key for t in extract_terms(text) if t.kind in kinds and t.key not in given]
 
 
-def focus_sentences(question: str, passages: Sequence[str], count: int) -> list[str]:
+def focus_sentences(question: str, passages: Sequence[str], count: int, meaning: Meaning | None = None) -> list[str]:
     """The ``count`` passage sentences sharing most content words with the question, or with
-    one of its parts (any share above none); empty when no sentence shares a word with it.
-    Ranked by words alone: a figure in a sentence does not make it about the question."""
-    ranked = [q for part in question_parts(question) for q in _scored_sentences(part, passages, 1e-9, prefer_asked=False)]
+    one of its parts (any share above none), or with ``meaning`` closest to it; empty when no
+    sentence qualifies. A figure in a sentence does not make it about the question."""
+    ranked = [
+        q for part in question_parts(question)
+        for q in _scored_sentences(part, passages, 1e-9, prefer_asked=False, meaning=meaning)
+    ]
     return list(dict.fromkeys(q.text for q in sorted(ranked, key=lambda q: -q.score)))[:count]
 
 
-def off_focus_terms(answer: str, question: str, passages: Sequence[str], count: int = 3) -> list[str]:
+def off_focus_terms(
+    answer: str, question: str, passages: Sequence[str], count: int = 3, meaning: Meaning | None = None
+) -> list[str]:
     """Numbers, times and names of the answer found neither in the sentences that best match
     the question nor in the question: grounded, perhaps, but in a sentence about something else.
     A name most passages mention (the subject of the documents, "Northwind Rail") is no claim."""
-    focus = focus_sentences(question, passages, count)
+    focus = focus_sentences(question, passages, count, meaning)
     if not focus:
-        return []  # the question shares no word with the passages: nothing to focus on
+        return []  # no sentence is about the question: nothing to focus on
     off = []
     for term in ungrounded_terms(answer, [*focus, question]):
         mentioned_by = sum(not ungrounded_terms(term.text, [p]) for p in passages)
@@ -167,13 +216,15 @@ def off_focus_terms(answer: str, question: str, passages: Sequence[str], count: 
     return off
 
 
-def missing_answer_type(answer: str, question: str, passages: Sequence[str], count: int = 3) -> str:
+def missing_answer_type(
+    answer: str, question: str, passages: Sequence[str], count: int = 3, meaning: Meaning | None = None
+) -> str:
     """What the question asks for ("figure", "time", "date or time", "name") when the best-matching
     sentences hold one the question does not already give and the answer states none; "" otherwise."""
     kinds = asked_kinds(question)
     if not kinds or new_terms(answer, kinds, question):
         return ""
-    if not any(new_terms(s, kinds, question) for s in focus_sentences(question, passages, count)):
+    if not any(new_terms(s, kinds, question) for s in focus_sentences(question, passages, count, meaning)):
         return ""  # nothing to give: the answer is not to blame
     return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
         frozenset(kinds), "date or time"
@@ -187,9 +238,11 @@ def check_answer(
     checks: Sequence[str] = CHECKS,
     question: str = "",
     focus_count: int = 3,
+    meaning: Meaning | None = None,
 ) -> list[str]:
     """Why ``answer`` must not be released (empty: it may be). One line per problem. The
-    focus and answer_type checks need the ``question``; without one they pass."""
+    focus and answer_type checks need the ``question``; without one they pass. ``meaning``:
+    the focus sentences are ranked by meaning too."""
     problems = []
     kinds = {_TERM_KINDS[c] for c in checks if c in _TERM_KINDS}
     if kinds:
@@ -203,8 +256,13 @@ def check_answer(
     if "substance" in checks and not content_words(answer) - _FILLER:
         problems.append("says nothing")
     if question and "focus" in checks:
-        problems += [f"not in the sentences about the question: {t}" for t in off_focus_terms(answer, question, passages, focus_count)]
-    if question and "answer_type" in checks and (kind := missing_answer_type(answer, question, passages, focus_count)):
+        problems += [
+            f"not in the sentences about the question: {t}"
+            for t in off_focus_terms(answer, question, passages, focus_count, meaning)
+        ]
+    if question and "answer_type" in checks and (
+        kind := missing_answer_type(answer, question, passages, focus_count, meaning)
+    ):
         problems.append(f"gives no {kind} although the question asks for one")
     return problems
 
@@ -244,18 +302,33 @@ def _is_heading(sentence: str) -> bool:
 _ANAPHOR = re.compile(r"\s*(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b", re.IGNORECASE)
 
 
-def _scored_sentences(question: str, passages: Sequence[str], min_score: float, prefer_asked: bool = True) -> list[Quote]:
+def candidate_sentences(passages: Sequence[str]) -> list[str]:
+    """The passage sentences worth ranking, each once: no duplicate (overlapping chunks), no
+    fragment under 12 characters, no heading. What a ``Meaning`` is computed for."""
+    return list(dict.fromkeys(
+        s for passage in passages for s in sentences(passage) if len(s) >= 12 and not _is_heading(s)
+    ))
+
+
+def _scored_sentences(
+    question: str, passages: Sequence[str], min_score: float, prefer_asked: bool = True,
+    meaning: Meaning | None = None,
+) -> list[Quote]:
     """Every passage sentence covering at least ``min_score`` of the question's content words,
     best first (ties in passage order). A
     sentence that opens with a pronoun borrows, at half weight, the words it lacks from the
     sentence before it ("The café is run by Linnea Dahl. It is open from 06:30..."), and a
     sentence that holds the kind of fact the question asks for (a figure, a name) and the
-    question does not already give ranks a quarter higher."""
+    question does not already give ranks a quarter higher.
+
+    With ``meaning``, a sentence at least ``meaning.min_similarity`` close to the question
+    qualifies too, and the order is the reciprocal-rank fusion of the order by words and the
+    order by meaning (the score is then the fused one, not a share of words)."""
     wanted = content_words(question)
-    if not wanted:
+    if not wanted and meaning is None:
         return []
     kinds = asked_kinds(question) if prefer_asked else set()
-    scored: list[Quote] = []
+    scored: list[tuple[Quote, float, float]] = []  # (quote by words, similarity, asked-kind bonus)
     seen: set[str] = set()
     for i, passage in enumerate(passages):
         previous: set[str] = set()
@@ -267,21 +340,40 @@ def _scored_sentences(question: str, passages: Sequence[str], min_score: float, 
             seen.add(sentence)
             own = wanted & words
             borrowed = (wanted & context) - own if _ANAPHOR.match(sentence) else set()
-            coverage = (len(own) + 0.5 * len(borrowed)) / len(wanted)
-            if coverage < min_score:
+            coverage = (len(own) + 0.5 * len(borrowed)) / len(wanted) if wanted else 0.0
+            similarity = meaning.of(question, sentence) if meaning is not None else 0.0
+            if coverage < min_score and (meaning is None or similarity < meaning.min_similarity):
                 continue
             holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question))
-            scored.append(Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0)))
-    return sorted(scored, key=lambda q: -q.score)
+            by_words = Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0) if coverage else 0.0)
+            scored.append((by_words, similarity, ASKED_KIND_BONUS if holds_answer else 0.0))
+    if meaning is None:
+        return sorted((q for q, _, _ in scored), key=lambda q: -q.score)
+    return _fused(scored)
 
 
-def best_sentences(question: str, passages: Sequence[str], min_score: float, max_sentences: int) -> list[Quote]:
+def _fused(scored: Sequence[tuple[Quote, float, float]]) -> list[Quote]:
+    """Reciprocal-rank fusion of the order by words (sentences sharing no word are not in it,
+    as in a keyword search) and the order by meaning; stable, so ties keep passage order."""
+    fused = [0.0] * len(scored)
+    by_words = sorted((n for n, (q, _, _) in enumerate(scored) if q.score > 0), key=lambda n: -scored[n][0].score)
+    by_meaning = sorted(range(len(scored)), key=lambda n: -(scored[n][1] + scored[n][2]))
+    for order in (by_words, by_meaning):
+        for rank, n in enumerate(order):
+            fused[n] += 1.0 / (RRF_K + rank + 1)
+    quotes = [Quote(q.text, q.passage, fused[n]) for n, (q, _, _) in enumerate(scored)]
+    return sorted(quotes, key=lambda q: -q.score)
+
+
+def best_sentences(
+    question: str, passages: Sequence[str], min_score: float, max_sentences: int, meaning: Meaning | None = None
+) -> list[Quote]:
     """The passages' sentences that cover most of the question's content words (score: the
     share covered, 0..1), at least ``min_score``, best first then trimmed to ``max_sentences``,
     returned in passage order. A question in parts ("…, and how long …?") is scored part by
     part, and the best sentences of every part come before the second-best of any. Empty when
-    none qualifies."""
-    per_part = [_scored_sentences(part, passages, min_score) for part in question_parts(question)]
+    none qualifies. With ``meaning``: ranked by words and meaning (``_scored_sentences``)."""
+    per_part = [_scored_sentences(part, passages, min_score, meaning=meaning) for part in question_parts(question)]
     chosen: list[Quote] = []
     for rank in range(max(map(len, per_part), default=0)):
         for ranked in per_part:
@@ -296,12 +388,14 @@ def _in_passage_order(passages: Sequence[str]) -> list[Quote]:
     return [Quote(s, i, 0.0) for i, p in enumerate(passages) for s in sentences(p)]
 
 
-def extractive_answer(question: str, passages: Sequence[str], min_score: float, max_sentences: int) -> list[Quote]:
+def extractive_answer(
+    question: str, passages: Sequence[str], min_score: float, max_sentences: int, meaning: Meaning | None = None
+) -> list[Quote]:
     """The sentences to quote instead of a held-back answer: ``best_sentences``, unless the
     question asks for a figure, time or name and none of them holds one it does not already
     give. Quoting the ferry's pier to "At what times does the ferry leave?" answers nothing:
     empty, so the caller gets the canned answer."""
-    quotes = best_sentences(question, passages, min_score, max_sentences)
+    quotes = best_sentences(question, passages, min_score, max_sentences, meaning)
     kinds = asked_kinds(question)
     if kinds and not any(new_terms(q.text, kinds, question) for q in quotes):
         return []

@@ -14,6 +14,7 @@ Canned answers are outcomes, not errors: a result says which reason and why.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -26,10 +27,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ragrail.common.deadline import Deadline
-from ragrail.common.errors import FailedPrecondition, require
+from ragrail.common.errors import FailedPrecondition, RagrailError, require
 from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passage, TokenUsage
 from ragrail.gateway.cache import TtlCache, normalise
-from ragrail.gateway.grounding import SentenceGate, check_answer, extractive_answer, quote
+from ragrail.gateway.grounding import (
+    Meaning,
+    SentenceGate,
+    candidate_sentences,
+    check_answer,
+    extractive_answer,
+    question_parts,
+    quote,
+)
 from ragrail.gateway.specs import (
     ClassifyStage,
     EmbedStage,
@@ -53,6 +62,9 @@ log = logging.getLogger(__name__)
 # right: longer than a card or phone number, so one cut at an edge is seen whole before
 # any of it is released.
 STREAM_HOLD_CHARS = 40
+# Texts in a hybrid ground stage's one Embed call (question parts, then sentences): the embedding
+# service's default batch bound. Sentences past it are ranked by their words alone.
+MEANING_MAX_TEXTS = 64
 
 
 class FallbackReason(enum.Enum):
@@ -128,6 +140,9 @@ class RunContext:
     routed: RunResult | None = None  # a route stage's target's result
     answer_mode: AnswerMode = AnswerMode.GENERATED
     ungrounded_stage: str = ""  # the ground stage that replaced the answer with quotes
+    # A hybrid ground stage's Embed call, started with generation (Pipeline._start_meaning).
+    meaning_task: asyncio.Task[Meaning | None] | None = None
+    meaning: Meaning | None = None
 
     def text(self, source: str) -> str:
         return self.query if source == "query" else self.answer
@@ -244,6 +259,9 @@ class Pipeline:
         except StageFailure as failure:  # a backend failed: fail closed, with the reason
             yield self._canned(ctx, Fallback.of(failure))
             return
+        finally:
+            if ctx.meaning_task is not None and not ctx.meaning_task.done():
+                ctx.meaning_task.cancel()  # the run ended before its ground stage needed it
         yield self._result(ctx)
 
     def _result(self, ctx: RunContext) -> RunResult:
@@ -336,6 +354,7 @@ class Pipeline:
         ctx.timings[stage.label] = ctx.timings.get(stage.label, 0.0) + time.perf_counter() - started
 
     async def _generate_stage(self, stage: GenerateStage, ctx: RunContext) -> None:
+        self._start_meaning(ctx)
         params = generation_params(stage, PROMPT_STOPS.get(stage.prompt, ()))
         text = await self._generate(ctx, stage.label, stage, self._prompt(stage, ctx), params)
         self._answered(stage, ctx, text)
@@ -352,9 +371,38 @@ class Pipeline:
             ctx.outputs[stage.output] = ctx.answer
 
     async def _ground(self, stage: GroundStage, ctx: RunContext) -> None:
+        await self._await_meaning(ctx)
         problems = self._ground_problems([stage], ctx, ctx.answer)
         if problems:
             self._unground(problems[0], ctx)
+
+    def _start_meaning(self, ctx: RunContext) -> None:
+        """Starts the Embed call of a hybrid ground stage (question parts and passage sentences)
+        as generation starts, so it runs while the answer is generated, not after it."""
+        stage = next((s for s in self.spec.stages if isinstance(s, GroundStage) and s.sentence_ranking == "hybrid"), None)
+        if stage is None or ctx.meaning_task is not None or not ctx.passages:
+            return
+        ctx.meaning_task = asyncio.create_task(self._meaning(stage, ctx))
+
+    async def _meaning(self, stage: GroundStage, ctx: RunContext) -> Meaning | None:
+        """The sentences' similarity to the question, or None (lexical ranking) when the Embed
+        call fails: grounding still holds, only paraphrases lose their quotes."""
+        parts = question_parts(ctx.query)
+        sentences = candidate_sentences([p.text for p in ctx.passages])[: MEANING_MAX_TEXTS - len(parts)]
+        limits = StageSpec(timeout_s=stage.embed_timeout_s, retries=0)
+        try:
+            vectors = await self._call(
+                ctx, stage.label, "embedding", limits, lambda t: self.backends.embedding.embed([*parts, *sentences], t)
+            )
+        except (StageFailure, RagrailError) as exc:
+            log.warning("%s ranks sentences by words only: the Embed call failed: %s", stage.label, exc)
+            return None
+        return Meaning.from_vectors(parts, sentences, vectors, stage.min_sentence_similarity)
+
+    @staticmethod
+    async def _await_meaning(ctx: RunContext) -> None:
+        if ctx.meaning_task is not None and ctx.meaning is None:
+            ctx.meaning = await ctx.meaning_task
 
     def _ground_problems(
         self, grounds: list[GroundStage], ctx: RunContext, text: str, complete: bool = True
@@ -368,7 +416,8 @@ class Pipeline:
             start = time.perf_counter()
             checks = stage.checks if complete else tuple(c for c in stage.checks if c != "answer_type")
             problems = check_answer(
-                text, passages, self._system_prompts(stage), checks, question=ctx.query, focus_count=stage.focus_sentences
+                text, passages, self._system_prompts(stage), checks, question=ctx.query,
+                focus_count=stage.focus_sentences, meaning=self._meaning_for(stage, ctx),
             )
             ctx.timings[stage.label] = ctx.timings.get(stage.label, 0.0) + time.perf_counter() - start
             if problems:
@@ -382,12 +431,18 @@ class Pipeline:
         return [generate.system_prompt] + ([CITED_SYSTEM_NOTE] if generate.prompt == "cited" else [])
 
     @staticmethod
-    def _unground(failure: tuple[GroundStage, list[str]], ctx: RunContext) -> None:
+    def _meaning_for(stage: GroundStage, ctx: RunContext) -> Meaning | None:
+        return ctx.meaning if stage.sentence_ranking == "hybrid" else None
+
+    def _unground(self, failure: tuple[GroundStage, list[str]], ctx: RunContext) -> None:
         """Replaces the held-back answer with quoted passage sentences, or ends the run canned."""
         stage, problems = failure
         log.info("%s held the answer back: %s", stage.label, "; ".join(problems[:3]))
         quotes = (
-            extractive_answer(ctx.query, [p.text for p in ctx.passages], stage.min_sentence_score, stage.max_quoted_sentences)
+            extractive_answer(
+                ctx.query, [p.text for p in ctx.passages], stage.min_sentence_score, stage.max_quoted_sentences,
+                self._meaning_for(stage, ctx),
+            )
             if stage.on_failure == "extractive" else []
         )
         if not quotes:
@@ -459,6 +514,7 @@ class Pipeline:
 
         A sentence that fails a ground stage stops generation; what was released so far was
         grounded, and the result (extractive or canned) replaces it."""
+        self._start_meaning(ctx)
         messages, params = self._prompt(stage, ctx), generation_params(stage, PROMPT_STOPS.get(stage.prompt, ()))
         window = min((c.stream_window_chars for c in checks), default=0)
         pending = ""  # generated, not yet checked by output moderation
@@ -488,6 +544,7 @@ class Pipeline:
                     item, pending = pending[:cut], pending[cut:]
                 moderated += item
                 if gate is not None:
+                    await self._await_meaning(ctx)  # the first sentence's check waits for it, once
                     item, failure = self._grounded_sentences(gate, grounds, ctx, item)
                 if item:
                     ctx.released += item
@@ -503,6 +560,7 @@ class Pipeline:
                 await self._check(ctx, check, [tail, answer] if tail.strip() else [answer])
         self._answered(stage, ctx, answer)
         if gate is not None and failure is None:
+            await self._await_meaning(ctx)
             pending = gate.rest() + pending
             failing = self._ground_problems(grounds, ctx, answer)
             failure = failing[0] if failing else None

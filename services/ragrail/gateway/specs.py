@@ -242,6 +242,17 @@ class GroundStage(_Stage):
         0.5, gt=0, le=1, description="share of the question's content words a quoted sentence must contain"
     )
     max_quoted_sentences: int = Field(2, ge=1, le=10, description="sentences quoted at most")
+    sentence_ranking: Literal["lexical", "hybrid"] = Field(
+        "lexical", description="how the passages' sentences are matched to the question, for the quotes and for focus "
+        "and answer_type: lexical (the question's words, no model call) or hybrid (words and meaning: one Embed call "
+        "for the question and the passages' sentences, made while the answer is generated, the two orders fused by "
+        "reciprocal rank; a question in other words than the passage finds its sentence). If that call fails, lexical"
+    )
+    min_sentence_similarity: float = Field(
+        0.35, ge=-1, le=1, description="hybrid: a sentence at least this close in meaning to the question (cosine) "
+        "may be quoted even when it shares too few of its words"
+    )
+    embed_timeout_s: float = Field(5.0, gt=0, le=60, description="hybrid: timeout of the Embed call")
 
 
 class ClassifyStage(_Stage, Sampling):
