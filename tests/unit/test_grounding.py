@@ -253,3 +253,26 @@ def test_focus_reads_the_sentences_close_in_meaning() -> None:
     ]
     near = _meaning({TRAINS_OWNED: 0.1, FOUNDING: 0.6})
     assert check_answer(answer, passages, question=PARAPHRASE, checks=("focus",), focus_count=1, meaning=near) == []
+
+
+def test_focus_by_meaning_never_outranks_sentences_that_share_the_words() -> None:
+    employs = "It employs about 1,450 people."
+    passages = [TRAINS_OWNED + " " + employs]
+    question = "How many people does the company employ?"
+    # by meaning the fleet sentence is closest (same topic), but the words point at the staff
+    topical = _meaning({TRAINS_OWNED: 0.7, employs: 0.5}, question)
+    assert check_answer("The fleet is 38 trains.", passages, question=question, checks=("focus",), focus_count=1,
+                        meaning=topical) == ["not in the sentences about the question: 38"]
+
+
+def test_each_part_of_a_question_needs_its_own_fact() -> None:
+    passages = ["Northwind Rail was founded in 1994 by Margit Halvorsen. The Coastal Line is 84 km long."]
+    question = "Who founded Northwind Rail, and how long is the Coastal Line?"
+    only_first = "Margit Halvorsen founded it in 1994."  # a figure, but the founding year, not a length
+    assert check_answer(only_first, passages, question=question, checks=("answer_type",)) == [
+        "gives no figure although the question asks for one"
+    ]
+    both = "Margit Halvorsen founded it; the Coastal Line is 84 km long."
+    assert check_answer(both, passages, question=question, checks=("answer_type",)) == []
+    # asked whole, the year still counts as the figure (no part to hold it to)
+    assert check_answer(only_first, passages, question="How long ago was it founded?", checks=("answer_type",)) == []

@@ -190,12 +190,22 @@ def new_terms(text: str, kinds: set[str], question: str) -> list[str]:
 
 def focus_sentences(question: str, passages: Sequence[str], count: int, meaning: Meaning | None = None) -> list[str]:
     """The ``count`` passage sentences sharing most content words with the question, or with
-    one of its parts (any share above none), or with ``meaning`` closest to it; empty when no
-    sentence qualifies. A figure in a sentence does not make it about the question."""
-    ranked = [
-        q for part in question_parts(question)
-        for q in _scored_sentences(part, passages, 1e-9, prefer_asked=False, meaning=meaning)
-    ]
+    one of its parts (any share above none); empty when no sentence qualifies. A figure in a
+    sentence does not make it about the question.
+
+    With ``meaning``, a part that shares no word with any sentence (a paraphrase) reads the
+    sentences closest to it in meaning instead. Words come first where they match: meaning
+    alone also ranks sentences on the same topic high ("How many people does it employ?" is
+    close to "It owns 38 trains"), which would let an answer borrow their figures."""
+    ranked: list[Quote] = []
+    for part in question_parts(question):
+        by_words = _scored_sentences(part, passages, 1e-9, prefer_asked=False)
+        if not by_words and meaning is not None:
+            by_words = [
+                Quote(s, 0, meaning.of(part, s))
+                for s in candidate_sentences(passages) if meaning.of(part, s) >= meaning.min_similarity
+            ]
+        ranked += by_words
     return list(dict.fromkeys(q.text for q in sorted(ranked, key=lambda q: -q.score)))[:count]
 
 
@@ -220,15 +230,28 @@ def missing_answer_type(
     answer: str, question: str, passages: Sequence[str], count: int = 3, meaning: Meaning | None = None
 ) -> str:
     """What the question asks for ("figure", "time", "date or time", "name") when the best-matching
-    sentences hold one the question does not already give and the answer states none; "" otherwise."""
-    kinds = asked_kinds(question)
-    if not kinds or new_terms(answer, kinds, question):
-        return ""
-    if not any(new_terms(s, kinds, question) for s in focus_sentences(question, passages, count, meaning)):
-        return ""  # nothing to give: the answer is not to blame
-    return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
-        frozenset(kinds), "date or time"
-    )
+    sentences hold one the question does not already give and the answer states none; "" otherwise.
+
+    A question in parts is asked part by part, and each part's fact must come from that part's
+    own sentences: to "Who founded it, and how long is the line it reopened first?" the founding
+    year is a figure, but not the line's length."""
+    parts = question_parts(question)
+    for part in parts:
+        kinds = asked_kinds(part)
+        if not kinds:
+            continue
+        focus = focus_sentences(part, passages, count, meaning)
+        if not any(new_terms(s, kinds, part) for s in focus):
+            continue  # nothing to give: the answer is not to blame
+        given = {t.key for t in extract_terms(question)}
+        stated = [t for t in extract_terms(answer) if t.kind in kinds and t.key not in given]
+        if len(parts) > 1:
+            stated = [t for t in stated if not ungrounded_terms(t.text, focus)]
+        if not stated:
+            return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
+                frozenset(kinds), "date or time"
+            )
+    return ""
 
 
 def check_answer(
