@@ -253,7 +253,8 @@ async def _until(condition: Any, seconds: float = 10.0) -> None:
 
 
 async def test_a_run_that_ends_before_grounding_cancels_the_embed_call() -> None:
-    pipeline, stack = await make_hybrid(GROUNDED)
+    # Its own timeout (60 s) outlasts the wait below: only cancelling the call ends it in time.
+    pipeline, stack = await make_hybrid(GROUNDED, embed_timeout_s=60)
     stack.embedding.faults.succeed(1).hang()  # the query's embedding answers, the ground stage's hangs
     stack.generation.faults.hang()
     run = asyncio.create_task(pipeline.run(QUESTION, Deadline(30)))
