@@ -2,8 +2,10 @@
 passages themselves say (an extractive answer). Pure functions over strings, no model.
 
 An answer is held back when it states a number, time or proper name its passages do not
-contain, pairs a passage's number with another unit ("10 days" where the passage says
-"10 minutes" and "7 days"), echoes the prompt (wrapper tags, the wrapper's sentences, a
+contain, puts a passage's number beside a word the passages never put near it ("10 days"
+where the passage says "10 minutes" and "7 days", "2 passengers" where it says "2 wheelchair
+spaces"), states a number of a name the passages mention nowhere near that number ("The
+Coastal Line is 206 km" where 206 km is the whole network), echoes the prompt (wrapper tags, the wrapper's sentences, a
 system-prompt sentence), or repeats a sentence. Two checks read the question too, because a
 small model's commonest wrong answer is grounded in the wrong sentence ("The fleet is 38
 trains" to "How many people does it employ?"): *focus* wants the answer's numbers, times and
@@ -14,8 +16,8 @@ evaluation harness (``ragrail.common.grounding_terms``), so the gate and the gro
 figure agree.
 
 The extractive answer quotes the passages' sentences that share most content words with
-the question (lexical overlap: no model call, microseconds), in passage order, without
-citation markers: a marker like "[1]" is a number the passages do not contain, and the
+the question (lexical overlap: no model call, microseconds), in the order retrieval ranked
+their passages, without citation markers: a marker like "[1]" is a number the passages do not contain, and the
 response's citations already list the quoted passages in order.
 
 Words alone miss a question asked in other words ("Whose idea was it to set up the railway
@@ -36,28 +38,35 @@ from ragrail.common.grounding_terms import (
     NAME,
     NUMBER,
     TIME,
+    SourceIndex,
     canonical_number,
     extract_terms,
     prompt_leaks,
     ungrounded_terms,
 )
 
-CHECKS = ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type")
+CHECKS = (
+    "numbers", "times", "names", "units", "together", "prompt_echo", "repetition", "substance", "focus", "answer_type"
+)
 # Words that say nothing about the passages: "The answer is:" (cut at a stop sequence) is empty.
 _FILLER = frozenset({"answer", "question", "context", "passage", "text", "following", "here"})
 _TERM_KINDS = {"numbers": NUMBER, "times": TIME, "names": NAME}
 
-# Units a number is checked against: the passage must pair the figure with the same unit
-# when it pairs it with any of these at all.
+# Units under one name, so a figure's word matches whatever way the passage writes it.
 _UNITS = {
     "second": "second", "sec": "second", "minute": "minute", "min": "minute", "hour": "hour", "hr": "hour",
     "day": "day", "week": "week", "month": "month", "year": "year", "km": "km", "kilometre": "km",
     "kilometer": "km", "kilometres": "km", "m": "m", "metre": "m", "meter": "m", "kg": "kg",
     "kilogram": "kg", "%": "percent", "percent": "percent", "mph": "mph", "km/h": "km/h", "euro": "eur", "eur": "eur",
 }
-_NUMBER_UNIT = re.compile(
-    r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s*|-)(%|km/h|[a-z]+)", re.IGNORECASE
+# A figure and the words around it, within one sentence. Times ("06:00") and figures glued
+# to other digits are not figures here; "96.1%" binds "%", "7-day" binds "day".
+_FIGURE_TOKEN = re.compile(
+    r"(?<![\w:.,])(?P<figure>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?![\d:])|(?P<word>%|[^\W\d_]+)"
 )
+# How close a word must be to a passage's figure to be about it (words either side).
+FIGURE_REACH = 3
+_ORDINAL_SUFFIXES = frozenset({"st", "nd", "rd", "th"})
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD = re.compile(r"[^\W_]+")
 # Question words that carry no topic: overlap on them says nothing.
@@ -127,26 +136,86 @@ def _unit(word: str) -> str:
     return _UNITS.get(word[:-1], "") if word.endswith("s") else ""
 
 
-def _pairs(text: str) -> set[tuple[str, str]]:
-    """(figure, unit) pairs: "7 days" -> ("7", "day"), "7-day" too."""
-    found = set()
-    for m in _NUMBER_UNIT.finditer(text):
-        unit = _unit(m.group(2))
-        figure = canonical_number(m.group(1))
-        if unit and figure:
-            found.add((figure, unit))
+def _word_key(word: str) -> str:
+    """A word as figures are compared by: a unit's canonical name ("kilometres" = "km"), else its stem."""
+    return _unit(word) or _stem(word.lower())
+
+
+@dataclass(frozen=True)
+class _Figure:
+    figure: str  # canonical ("1,450" -> "1450")
+    bound: str  # the word right after it ("2 wheelchair spaces" -> "wheelchair"), "" when none
+    near: frozenset[str]  # the words within FIGURE_REACH tokens either side, same sentence
+
+
+def _figures(text: str) -> list[_Figure]:
+    found = []
+    for sentence in sentences(text.replace("per cent", "percent")):
+        tokens = list(_FIGURE_TOKEN.finditer(sentence))
+        for n, token in enumerate(tokens):
+            if not token.group("figure"):
+                continue
+            bound = ""
+            if n + 1 < len(tokens) and tokens[n + 1].group("word"):
+                gap = sentence[token.end() : tokens[n + 1].start()]
+                word = tokens[n + 1].group("word").lower()
+                # Only a word straight after the figure counts what it counts ("1994, the company" does not).
+                if gap.strip() in ("", "-") and (len(word) > 1 or _unit(word)) and word not in _STOP | _ORDINAL_SUFFIXES:
+                    bound = _word_key(word)
+            near = frozenset(
+                _word_key(t.group("word")) for t in tokens[max(0, n - FIGURE_REACH) : n + FIGURE_REACH + 1]
+                if t.group("word")
+            )
+            found.append(_Figure(canonical_number(token.group("figure")), bound, near))
     return found
 
 
-def mismatched_units(answer: str, passages: Iterable[str]) -> list[str]:
-    """'N unit' of the answer where the passages give N only with other units."""
-    source: dict[str, set[str]] = {}
-    for figure, unit in _pairs("\n".join(passages)):
-        source.setdefault(figure, set()).add(unit)
-    return sorted(
-        f"{figure} {unit}" for figure, unit in _pairs(answer)
-        if figure in source and unit not in source[figure]
-    )
+def unbound_figures(answer: str, passages: Iterable[str]) -> list[str]:
+    """'N word' of the answer where the passages give N but never with that word near it: a
+    passage's number counting something else ("2 passengers" from "2 wheelchair spaces"), or
+    in another unit ("10 days" from "10 minutes"). A figure the passages do not give at all is
+    the numbers check's."""
+    near_by_figure: dict[str, list[frozenset[str]]] = {}
+    for figure in _figures("\n".join(passages)):
+        near_by_figure.setdefault(figure.figure, []).append(figure.near)
+    return sorted({
+        f"{f.figure} {f.bound}" for f in _figures(answer)
+        if f.bound and f.figure in near_by_figure and not any(f.bound in near for near in near_by_figure[f.figure])
+    })
+
+
+def _windows(passages: Iterable[str]) -> list[SourceIndex]:
+    """Every run of three sentences of a passage: how far a figure may stand from what it is
+    about ("In 2023 its trains carried 9.2 million passenger journeys", two sentences after
+    "Northwind Rail is a regional railway operator")."""
+    windows = []
+    for passage in passages:
+        parts = sentences(passage)
+        windows += [SourceIndex([" ".join(parts[k : k + 3])]) for k in range(max(1, len(parts) - 2))]
+    return windows
+
+
+def scattered_figures(answer: str, passages: Sequence[str]) -> list[str]:
+    """Numbers and times of an answer sentence that no passage states near any of that
+    sentence's names: "The Coastal Line is 206 km" where 206 km is the whole network's length,
+    two sentences from any mention of the Coastal Line. A figure or name the passages do not
+    give at all is the numbers and names checks'; a sentence without a name is not read."""
+    passage_index = SourceIndex(passages)
+    windows: list[SourceIndex] | None = None
+    scattered = []
+    for sentence in sentences(answer):
+        terms = extract_terms(sentence)
+        # A capitalised first word counts as a name only when the sentence also uses it mid-sentence.
+        proper = {word for t in terms if t.kind == NAME and not t.initial for word in t.key.split()}
+        names = [t for t in terms if t.kind == NAME and (not t.initial or t.key in proper) and passage_index.contains(t)]
+        figures = [t for t in terms if t.kind in (NUMBER, TIME) and passage_index.contains(t)]
+        if not names or not figures:
+            continue
+        windows = windows if windows is not None else _windows(passages)
+        for figure in figures:
+            if not any(w.contains(figure) and any(w.contains(name) for name in names) for w in windows):
+                scattered.append(f"{figure.text} (about {', '.join(dict.fromkeys(n.text for n in names))})")
+    return list(dict.fromkeys(scattered))
 
 
 def repeated_sentences(answer: str) -> list[str]:
@@ -172,14 +241,40 @@ _ASKS = (
     (re.compile(r"^\W*(who|whom|whose)\b|\b(who|whom|whose) (is|was|are|were|runs?|founded|owns?|manages?)\b",
                 re.IGNORECASE), (NAME,)),
 )
+# "Where …?" and "Which is the …?" are mostly answered by a name ("at the depot in Aldergate",
+# "Stonereach"), but not always ("in the multi-purpose area"): a name is wanted when the
+# sentences about the question give one, yet quotes without a name still answer it.
+_ASKS_PLACE = re.compile(r"\bwhere\b|^\W*which (is|was|are|were)\b", re.IGNORECASE)
 
 
-def asked_kinds(question: str) -> set[str]:
-    """The term kinds that can answer the question (empty: it asks for no figure or name)."""
+# What the asked figure counts or measures: "how many passengers" (passenger), "what phone
+# number" (phone), "the number of stations" (station), "in kilometres" (km).
+_ASKED_NOUN = re.compile(
+    r"\bhow many (?:of (?:the |your |our )?)?([^\W\d_]+)|\b(?!(?:the|a|what|which|your|our)\b)([^\W\d_]+) number\b"
+    r"|\bnumber of ([^\W\d_]+)|\bin ([^\W\d_]+)\W*$",
+    re.IGNORECASE,
+)
+
+
+def asked_noun(question: str) -> str:
+    """The word the asked figure stands next to in a sentence that gives it ("" when the
+    question names none): a sentence with a figure of something else does not hold the answer."""
+    for m in _ASKED_NOUN.finditer(question):
+        word = next(g for g in m.groups() if g).lower()
+        if m.group(4) and not _unit(word):
+            continue  # "… in Ostervik?" names a place, not a unit
+        if word not in _STOP:
+            return _word_key(word)
+    return ""
+
+
+def asked_kinds(question: str, strict: bool = False) -> set[str]:
+    """The term kinds that can answer the question (empty: it asks for no figure or name).
+    ``strict``: only the kinds without which nothing answers it (not a place's name)."""
     for pattern, kinds in _ASKS:
         if pattern.search(question):
             return set(kinds)
-    return set()
+    return {NAME} if not strict and _ASKS_PLACE.search(question) else set()
 
 
 def new_terms(text: str, kinds: set[str], question: str) -> list[str]:
@@ -245,8 +340,9 @@ def missing_answer_type(
             continue  # nothing to give: the answer is not to blame
         given = {t.key for t in extract_terms(question)}
         stated = [t for t in extract_terms(answer) if t.kind in kinds and t.key not in given]
-        if len(parts) > 1:
-            stated = [t for t in stated if not ungrounded_terms(t.text, focus)]
+        # The fact must come from the part's own sentences: not the founding year where a line's
+        # length is asked, nor the documents' subject ("Ostervik Central") where a person is.
+        stated = [t for t in stated if not ungrounded_terms(t.text, focus)]
         if not stated:
             return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
                 frozenset(kinds), "date or time"
@@ -271,7 +367,9 @@ def check_answer(
     if kinds:
         problems += [f"{t.kind} not in the passages: {t.text}" for t in ungrounded_terms(answer, passages) if t.kind in kinds]
     if "units" in checks:
-        problems += [f"number with another unit than the passages': {m}" for m in mismatched_units(answer, passages)]
+        problems += [f"number beside a word the passages never put beside it: {m}" for m in unbound_figures(answer, passages)]
+    if "together" in checks:
+        problems += [f"number not near its names in the passages: {m}" for m in scattered_figures(answer, passages)]
     if "prompt_echo" in checks:
         problems += [f"echoes the prompt: {leak}" for leak in prompt_leaks(answer, system_prompts)]
     if "repetition" in checks:
@@ -310,9 +408,31 @@ _PART_SPLIT = re.compile(
 )
 
 
+# A part that points back at an earlier one: "…from Fernholt to Lake Varn, and how long does that journey take?"
+_REFERS_BACK = re.compile(r"\b(that|this|those|these|it|its|there|they|them|their|he|she|his|her)\b", re.IGNORECASE)
+
+
+_CARRIED = re.compile(r"\s\(([^()]*)\)$")
+
+
+def _carried(part: str) -> tuple[str, str]:
+    """A part's own words and the names it carries from the part before (``question_parts``)."""
+    m = _CARRIED.search(part)
+    return (part[: m.start()], m.group(1)) if m else (part, "")
+
+
 def question_parts(question: str) -> list[str]:
-    """The question's parts ("When did X open, and what does Y cost?" -> two); one when whole."""
-    return [p for p in _PART_SPLIT.split(question) if content_words(p)] or [question]
+    """The question's parts ("When did X open, and what does Y cost?" -> two); one when whole.
+    A later part that names nothing but refers back ("how long does that journey take") carries
+    the names of the part before it, in brackets: its sentence is the one about them."""
+    parts = [p for p in _PART_SPLIT.split(question) if content_words(p)]
+    if len(parts) < 2:
+        return [question]
+    for n in range(1, len(parts)):
+        names = [t.text for t in extract_terms(parts[n - 1]) if t.kind == NAME]
+        if names and _REFERS_BACK.search(parts[n]) and not any(t.kind == NAME for t in extract_terms(parts[n])):
+            parts[n] = f"{parts[n]} ({', '.join(dict.fromkeys(names))})"
+    return parts
 
 
 def _is_heading(sentence: str) -> bool:
@@ -321,6 +441,8 @@ def _is_heading(sentence: str) -> bool:
     return stripped.startswith("#") or (not re.search(r"[.!?:;]$", stripped) and len(_WORD.findall(stripped)) < 6)
 
 
+# A table's rule row ("|---|---|"), under its header row.
+_TABLE_RULE = re.compile(r"^\s*\|[\s:|-]*-[\s:|-]*\|\s*$")
 # A sentence that refers back to the one before it.
 _ANAPHOR = re.compile(r"\s*(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b", re.IGNORECASE)
 
@@ -347,27 +469,47 @@ def _scored_sentences(
     With ``meaning``, a sentence at least ``meaning.min_similarity`` close to the question
     qualifies too, and the order is the reciprocal-rank fusion of the order by words and the
     order by meaning (the score is then the fused one, not a share of words)."""
-    wanted = content_words(question)
+    own_words, carried_names = _carried(question)
+    wanted = content_words(own_words)
+    carried = content_words(carried_names) - wanted
     if not wanted and meaning is None:
         return []
     kinds = asked_kinds(question) if prefer_asked else set()
+    counted = asked_noun(question)
     scored: list[tuple[Quote, float, float]] = []  # (quote by words, similarity, asked-kind bonus)
     seen: set[str] = set()
     for i, passage in enumerate(passages):
         previous: set[str] = set()
-        for sentence in sentences(passage):
+        header: set[str] = set()  # the words of the table's header row, while in a table
+        lines = sentences(passage)
+        for n, sentence in enumerate(lines):
             words = content_words(sentence)
             context, previous = previous, words
-            if sentence in seen or len(sentence) < 12 or _is_heading(sentence):
-                continue  # a duplicate (overlapping chunks), a fragment or a heading says nothing new
+            if _TABLE_RULE.match(sentence):
+                header = content_words(lines[n - 1]) if n else set()
+            elif not sentence.lstrip().startswith("|"):
+                header = set()
+            is_header_row = n + 1 < len(lines) and bool(_TABLE_RULE.match(lines[n + 1]))
+            if sentence in seen or len(sentence) < 12 or _is_heading(sentence) or _TABLE_RULE.match(sentence) or is_header_row:
+                continue  # a duplicate (overlapping chunks), a fragment, a heading or a table's header says nothing new
             seen.add(sentence)
             own = wanted & words
-            borrowed = (wanted & context) - own if _ANAPHOR.match(sentence) else set()
-            coverage = (len(own) + 0.5 * len(borrowed)) / len(wanted) if wanted else 0.0
+            # A sentence opening with a pronoun borrows the words of the one before it, a table
+            # row those of its header ("First class single" for "| Fernholt – Lake Varn | €12.50 |").
+            if header and sentence.lstrip().startswith("|"):
+                borrowed = (wanted & header) - own
+            else:
+                borrowed = (wanted & context) - own if _ANAPHOR.match(sentence) else set()
+            # Borrowed words and names carried from an earlier part count half, and are not asked
+            # for: a sentence about the names alone must not tie with the one that answers.
+            context_hits = len(borrowed) + len(carried & words)
+            coverage = (len(own) + 0.5 * context_hits) / len(wanted) if wanted else 0.0
             similarity = meaning.of(question, sentence) if meaning is not None else 0.0
             if coverage < min_score and (meaning is None or similarity < meaning.min_similarity):
                 continue
-            holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question))
+            holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question)) and (
+                not counted or any(counted in f.near for f in _figures(sentence))
+            )
             by_words = Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0) if coverage else 0.0)
             scored.append((by_words, similarity, ASKED_KIND_BONUS if holds_answer else 0.0))
     if meaning is None:
@@ -392,9 +534,12 @@ def best_sentences(
     question: str, passages: Sequence[str], min_score: float, max_sentences: int, meaning: Meaning | None = None
 ) -> list[Quote]:
     """The passages' sentences that cover most of the question's content words (score: the
-    share covered, 0..1), at least ``min_score``, best first then trimmed to ``max_sentences``,
-    returned in passage order. A question in parts ("…, and how long …?") is scored part by
-    part, and the best sentences of every part come before the second-best of any. Empty when
+    share covered, 0..1), at least ``min_score``, best first, trimmed to ``max_sentences``, then
+    returned in passage order, which is the order retrieval ranked the passages in: measured
+    over the eval set, the retriever's order puts the right document first more often than the
+    sentences' own scores do (cite@1 93 % against 90 %, 2026-12-06). A question in parts ("…,
+    and how long …?") is scored part by part, and the best sentences of every part come before
+    the second-best of any. Empty when
     none qualifies. With ``meaning``: ranked by words and meaning (``_scored_sentences``)."""
     per_part = [_scored_sentences(part, passages, min_score, meaning=meaning) for part in question_parts(question)]
     chosen: list[Quote] = []
@@ -419,7 +564,7 @@ def extractive_answer(
     give. Quoting the ferry's pier to "At what times does the ferry leave?" answers nothing:
     empty, so the caller gets the canned answer."""
     quotes = best_sentences(question, passages, min_score, max_sentences, meaning)
-    kinds = asked_kinds(question)
+    kinds = asked_kinds(question, strict=True)
     if kinds and not any(new_terms(q.text, kinds, question) for q in quotes):
         return []
     return quotes

@@ -209,27 +209,30 @@ class GenerateStage(_Stage, Sampling):
 
 
 GroundCheck = Literal[
-    "numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type"
+    "numbers", "times", "names", "units", "together", "prompt_echo", "repetition", "substance", "focus", "answer_type"
 ]
 
 
 class GroundStage(_Stage):
     """Releases the answer only when it is grounded in the retrieved passages: every number,
     time and proper name found in them (and in the sentences that best match the question),
-    numbers with the passages' units, the kind of fact the question asks for, no echo of the
+    numbers with what the passages count or measure by them and near what they are about, the
+    kind of fact the question asks for, no echo of the
     prompt, no repeated sentence. Otherwise the passages' best-matching sentences are quoted
     (answer mode extractive) or, with none good enough, the ungrounded canned answer."""
 
     type: Literal["ground"] = Field(description="stage type")
     checks: tuple[GroundCheck, ...] = Field(
-        ("numbers", "times", "names", "units", "prompt_echo", "repetition", "substance", "focus", "answer_type"),
+        ("numbers", "times", "names", "units", "together", "prompt_echo", "repetition", "substance", "focus", "answer_type"),
         min_length=1,
         description="what is checked: numbers (figures, years, days of dates), times (06:00), names (capitalised "
-        "words, month names included), units (a passage's figure with another unit), prompt_echo (wrapper tags, "
+        "words, month names included), units (a passage's figure beside a word the passages never put beside it: "
+        "another unit, or another thing counted), together (a figure and the names of its sentence within three "
+        "sentences of each other in a passage), prompt_echo (wrapper tags, "
         "system prompt), repetition (a sentence said twice), substance (no content word at all, e.g. \"The answer is:\"), "
         "focus (the answer's numbers, times and names in the focus_sentences that best match the question, or in the "
-        "question), answer_type (a figure for how many/much/long/often, when, what time; a name for who; when those "
-        "sentences hold one)",
+        "question), answer_type (a figure for how many/much/long/often, when, what time; a name for who and where; "
+        "when those sentences hold one)",
     )
     focus_sentences: int = Field(
         3, ge=1, le=20, description="passage sentences that best match the question, read by focus and answer_type"
