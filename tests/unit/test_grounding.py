@@ -426,3 +426,22 @@ def test_quotes_keep_the_order_retrieval_ranked_their_passages_in() -> None:
     assert [(q.passage, q.text) for q in quotes] == [
         (0, weaker), (1, "Full refunds are available up to 7 days before departure.")
     ]
+
+
+def test_a_quote_whose_figures_count_something_else_is_dropped_beside_one_that_answers() -> None:
+    question = "How many passengers does a Kestrel-class unit seat?"
+    quotes = extractive_answer(question, [ACCESS], 0.3, 2)
+    assert [q.text for q in quotes] == ["Each unit has three carriages and seats 210 passengers."]
+    # Without a sentence that gives the counted figure, the quotes stay as they are.
+    spaces = "Every Kestrel-class train has 2 wheelchair spaces per unit."
+    assert [q.text for q in extractive_answer(question, [spaces], 0.3, 2)] == [spaces]
+
+
+def test_a_how_many_question_wants_the_figure_the_sentences_give_of_what_it_counts() -> None:
+    question = "How many passengers does a Kestrel-class unit seat?"
+    assert missing_answer_type("The Kestrel-class units are 2.", question, [ACCESS]) == "figure of passenger"
+    assert missing_answer_type("A unit seats 210.", question, [ACCESS]) == ""
+    assert missing_answer_type("Each unit seats 210 passengers.", question, [ACCESS]) == ""
+    # No sentence gives a figure of passengers: any figure of the focus will do, as before.
+    spaces = "Every Kestrel-class train has 2 wheelchair spaces per unit."
+    assert missing_answer_type("It has 2.", question, [spaces]) == ""

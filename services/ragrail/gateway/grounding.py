@@ -329,7 +329,8 @@ def missing_answer_type(
 
     A question in parts is asked part by part, and each part's fact must come from that part's
     own sentences: to "Who founded it, and how long is the line it reopened first?" the founding
-    year is a figure, but not the line's length."""
+    year is a figure, but not the line's length. A question that names what it counts wants
+    the figure those sentences give of it ("figure of passenger")."""
     parts = question_parts(question)
     for part in parts:
         kinds = asked_kinds(part)
@@ -347,6 +348,12 @@ def missing_answer_type(
             return {frozenset({TIME}): "time", frozenset({NUMBER, TIME}): "figure", frozenset({NAME}): "name"}.get(
                 frozenset(kinds), "date or time"
             )
+        # "How many passengers …?": where those sentences give a figure beside "passengers",
+        # the answer must state one of those figures ("2", the wheelchair spaces, is not one).
+        counted = asked_noun(_carried(part)[0])
+        counts = {f.figure for s in focus for f in _figures(s) if counted and counted in f.near}
+        if counts and not counts & {f.figure for f in _figures(answer)}:
+            return f"figure of {counted}"
     return ""
 
 
@@ -508,7 +515,7 @@ def _scored_sentences(
             if coverage < min_score and (meaning is None or similarity < meaning.min_similarity):
                 continue
             holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question)) and (
-                not counted or any(counted in f.near for f in _figures(sentence))
+                not counted or _counts(sentence, counted)
             )
             by_words = Quote(sentence, i, coverage + (0.25 if holds_answer else 0.0) if coverage else 0.0)
             scored.append((by_words, similarity, ASKED_KIND_BONUS if holds_answer else 0.0))
@@ -562,12 +569,25 @@ def extractive_answer(
     """The sentences to quote instead of a held-back answer: ``best_sentences``, unless the
     question asks for a figure, time or name and none of them holds one it does not already
     give. Quoting the ferry's pier to "At what times does the ferry leave?" answers nothing:
-    empty, so the caller gets the canned answer."""
+    empty, so the caller gets the canned answer.
+
+    A question in one part that names what its figure counts ("How many passengers …?") is
+    not quoted a sentence whose figures all count something else ("2 wheelchair spaces") next
+    to one that gives the figure: it would only be a wrong answer to pick, and a wrong first
+    citation."""
     quotes = best_sentences(question, passages, min_score, max_sentences, meaning)
     kinds = asked_kinds(question, strict=True)
     if kinds and not any(new_terms(q.text, kinds, question) for q in quotes):
         return []
+    counted = asked_noun(question) if len(question_parts(question)) == 1 else ""
+    if counted and any(_counts(q.text, counted) for q in quotes):
+        quotes = [q for q in quotes if _counts(q.text, counted) or not _figures(q.text)]
     return quotes
+
+
+def _counts(sentence: str, counted: str) -> bool:
+    """Whether a figure of ``sentence`` stands by the word ``counted`` (``asked_noun``)."""
+    return any(counted in f.near for f in _figures(sentence))
 
 
 def quote(quotes: Sequence[Quote]) -> str:
