@@ -230,19 +230,22 @@ class SourceIndex:
         return any(f" {form} " in self.phrases for form in forms if form)
 
 
+def claimed_terms(text: str) -> list[Term]:
+    """The terms ``text`` states as claims: ``extract_terms`` less the capitalised first words
+    of sentences that the text never capitalises mid-sentence. Without a dictionary such a word
+    ("Call us", "Halvorsen retired") is ambiguous; an invented name that only ever opens
+    sentences goes unseen."""
+    terms = extract_terms(text)
+    proper = {word for t in terms if t.kind == NAME and not t.initial for word in t.key.split()}
+    return [t for t in terms if not t.initial or t.key in proper]
+
+
 def ungrounded_terms(answer: str, passages: Iterable[str]) -> list[Term]:
     """The answer's terms that no passage contains (empty: grounded)."""
     index = SourceIndex(passages)
-    terms = extract_terms(answer)
-    # Without a dictionary a sentence's capitalised first word ("Call us", "Halvorsen
-    # retired") is ambiguous: it is checked only when the answer also capitalises it
-    # mid-sentence. An invented name that only ever opens sentences goes unseen.
-    proper = {word for t in terms if t.kind == NAME and not t.initial for word in t.key.split()}
     seen: set[tuple[str, str]] = set()
     missing = []
-    for term in terms:
-        if term.initial and term.key not in proper:
-            continue
+    for term in claimed_terms(answer):
         if (term.kind, term.key) not in seen and not index.contains(term):
             missing.append(term)
         seen.add((term.kind, term.key))

@@ -5,8 +5,8 @@ An answer is held back when it states a number, time or proper name its passages
 contain, puts a passage's number beside a word the passages never put near it ("10 days"
 where the passage says "10 minutes" and "7 days", "2 passengers" where it says "2 wheelchair
 spaces"), states a number of a name the passages mention nowhere near that number ("The
-Coastal Line is 206 km" where 206 km is the whole network), echoes the prompt (wrapper tags, the wrapper's sentences, a
-system-prompt sentence), or repeats a sentence. Two checks read the question too, because a
+Coastal Line is 206 km" where 206 km is the whole network), echoes the prompt (wrapper
+tags, the wrapper's sentences, a system-prompt sentence), or repeats a sentence. Two checks read the question too, because a
 small model's commonest wrong answer is grounded in the wrong sentence ("The fleet is 38
 trains" to "How many people does it employ?"): *focus* wants the answer's numbers, times and
 names in the passage sentences that best match the question (or in the question itself), and
@@ -17,8 +17,8 @@ figure agree.
 
 The extractive answer quotes the passages' sentences that share most content words with
 the question (lexical overlap: no model call, microseconds), in the order retrieval ranked
-their passages, without citation markers: a marker like "[1]" is a number the passages do not contain, and the
-response's citations already list the quoted passages in order.
+their passages, without citation markers: a marker like "[1]" is a number the passages do
+not contain, and the response's citations already list the quoted passages in order.
 
 Words alone miss a question asked in other words ("Whose idea was it to set up the railway
 company?" shares no content word with "Northwind Rail was founded in 1994 by Margit
@@ -40,6 +40,7 @@ from ragrail.common.grounding_terms import (
     TIME,
     SourceIndex,
     canonical_number,
+    claimed_terms,
     extract_terms,
     prompt_leaks,
     ungrounded_terms,
@@ -204,11 +205,9 @@ def scattered_figures(answer: str, passages: Sequence[str]) -> list[str]:
     windows: list[SourceIndex] | None = None
     scattered = []
     for sentence in sentences(answer):
-        terms = extract_terms(sentence)
-        # A capitalised first word counts as a name only when the sentence also uses it mid-sentence.
-        proper = {word for t in terms if t.kind == NAME and not t.initial for word in t.key.split()}
-        names = [t for t in terms if t.kind == NAME and (not t.initial or t.key in proper) and passage_index.contains(t)]
-        figures = [t for t in terms if t.kind in (NUMBER, TIME) and passage_index.contains(t)]
+        terms = [t for t in claimed_terms(sentence) if passage_index.contains(t)]
+        names = [t for t in terms if t.kind == NAME]
+        figures = [t for t in terms if t.kind in (NUMBER, TIME)]
         if not names or not figures:
             continue
         windows = windows if windows is not None else _windows(passages)
@@ -351,7 +350,7 @@ def missing_answer_type(
         # "How many passengers …?": where those sentences give a figure beside "passengers",
         # the answer must state one of those figures ("2", the wheelchair spaces, is not one).
         counted = asked_noun(_carried(part)[0])
-        counts = {f.figure for s in focus for f in _figures(s) if counted and counted in f.near}
+        counts = {f.figure for s in focus for f in _figures(s) if counted in f.near} if counted else set()
         if counts and not counts & {f.figure for f in _figures(answer)}:
             return f"figure of {counted}"
     return ""
@@ -415,10 +414,10 @@ _PART_SPLIT = re.compile(
 )
 
 
+# Words that point back at something said before.
+_POINTERS = r"(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b"
 # A part that points back at an earlier one: "…from Fernholt to Lake Varn, and how long does that journey take?"
-_REFERS_BACK = re.compile(r"\b(that|this|those|these|it|its|there|they|them|their|he|she|his|her)\b", re.IGNORECASE)
-
-
+_REFERS_BACK = re.compile(r"\b" + _POINTERS, re.IGNORECASE)
 _CARRIED = re.compile(r"\s\(([^()]*)\)$")
 
 
@@ -451,7 +450,7 @@ def _is_heading(sentence: str) -> bool:
 # A table's rule row ("|---|---|"), under its header row.
 _TABLE_RULE = re.compile(r"^\s*\|[\s:|-]*-[\s:|-]*\|\s*$")
 # A sentence that refers back to the one before it.
-_ANAPHOR = re.compile(r"\s*(it|its|it's|they|their|them|this|these|those|that|he|she|his|her|there)\b", re.IGNORECASE)
+_ANAPHOR = re.compile(r"\s*" + _POINTERS, re.IGNORECASE)
 
 
 def candidate_sentences(passages: Sequence[str]) -> list[str]:
@@ -482,7 +481,7 @@ def _scored_sentences(
     if not wanted and meaning is None:
         return []
     kinds = asked_kinds(question) if prefer_asked else set()
-    counted = asked_noun(question)
+    counted = asked_noun(own_words)
     scored: list[tuple[Quote, float, float]] = []  # (quote by words, similarity, asked-kind bonus)
     seen: set[str] = set()
     for i, passage in enumerate(passages):
@@ -546,8 +545,7 @@ def best_sentences(
     over the eval set, the retriever's order puts the right document first more often than the
     sentences' own scores do (cite@1 93 % against 90 %, 2026-12-06). A question in parts ("…,
     and how long …?") is scored part by part, and the best sentences of every part come before
-    the second-best of any. Empty when
-    none qualifies. With ``meaning``: ranked by words and meaning (``_scored_sentences``)."""
+    the second-best of any. Empty when none qualifies. With ``meaning``: ranked by words and meaning (``_scored_sentences``)."""
     per_part = [_scored_sentences(part, passages, min_score, meaning=meaning) for part in question_parts(question)]
     chosen: list[Quote] = []
     for rank in range(max(map(len, per_part), default=0)):
@@ -580,8 +578,9 @@ def extractive_answer(
     if kinds and not any(new_terms(q.text, kinds, question) for q in quotes):
         return []
     counted = asked_noun(question) if len(question_parts(question)) == 1 else ""
-    if counted and any(_counts(q.text, counted) for q in quotes):
-        quotes = [q for q in quotes if _counts(q.text, counted) or not _figures(q.text)]
+    giving = [q for q in quotes if _counts(q.text, counted)] if counted else []
+    if giving:
+        quotes = [q for q in quotes if q in giving or not _figures(q.text)]
     return quotes
 
 
