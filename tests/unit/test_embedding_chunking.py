@@ -26,8 +26,16 @@ def chunker(tokenizer) -> TokenChunker:  # type: ignore[no-untyped-def]
     return TokenChunker(tokenizer, window=WINDOW)
 
 
-def words_outside_headings(text: str) -> list[str]:
-    return [w for line in text.splitlines() if not line.lstrip().startswith("#") for w in line.split()]
+def words_outside_headings(text: str, titles: frozenset[str] = frozenset()) -> list[str]:
+    """Words of the lines that are neither ``# heading`` lines nor one of ``titles``."""
+    return [
+        w for line in text.splitlines() if not line.lstrip().startswith("#") and line.strip() not in titles
+        for w in line.split()
+    ]
+
+
+def heading_titles(text: str) -> frozenset[str]:
+    return frozenset(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
 
 
 def model_tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
@@ -45,9 +53,12 @@ def test_every_chunk_of_the_corpus_fits_the_window_and_the_text_is_all_there(
     for chunk in chunks:
         assert chunk.token_count == model_tokens(tokenizer, chunk.text) <= WINDOW
     # Without overlap the bodies, in order, are the document's words, each once (a heading
-    # alone is not a chunk: the chunks under it carry it in their heading path).
+    # alone is not a chunk: the chunks under it carry it in their heading path; one further
+    # down a body is a line of its plain title).
     bodies = [c.text.split("\n\n", 1)[1] if c.heading else c.text for c in chunks]
-    assert words_outside_headings("\n".join(bodies)) == words_outside_headings(text)
+    assert "\n#" not in "\n" + "\n".join(bodies), "no heading markup reaches a chunk's body"
+    titles = heading_titles(text)
+    assert words_outside_headings("\n".join(bodies), titles) == words_outside_headings(text)
 
 
 def test_a_long_plain_text_is_cut_at_sentences_within_the_window(chunker: TokenChunker, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +80,23 @@ def test_chunks_carry_the_headings_they_sit_under(chunker: TokenChunker) -> None
     assert not any(c.text.strip().endswith("## Refunds") for c in chunks), "no chunk is a heading alone"
     discounts = next(c for c in chunks if "Children travel free" in c.text)
     assert "Refunds" not in discounts.heading, "a sibling section does not inherit the previous heading"
+
+
+def test_a_chunk_opening_with_headings_has_them_in_its_path_not_its_body(chunker: TokenChunker) -> None:
+    text = "# Guide\n\n## Fares\n\n### Refunds\n\nA refund takes 7 days.\n\n#### Online\n\nUse the app."
+    (chunk,) = chunker.split(text, max_tokens=128, overlap_tokens=0)
+    assert chunk.heading == "Guide > Fares > Refunds"
+    assert chunk.text == "Guide > Fares > Refunds\n\nA refund takes 7 days.\n\nOnline\n\nUse the app."
+
+
+def test_the_loaded_sample_corpus_gives_chunks_their_section(chunker: TokenChunker) -> None:
+    """What `ragrail ingest` sends: the loader keeps Markdown headings for the chunker."""
+    from ragrail.cli.loaders import load_document
+
+    text = load_document(CORPUS / "network-and-stations.md").text
+    chunks = chunker.split(text, max_tokens=WINDOW, overlap_tokens=32)
+    aldergate = next(c for c in chunks if "3. Aldergate" in c.text)
+    assert aldergate.heading == "Network and Stations > Valley Line (blue)"
 
 
 def test_list_items_and_table_rows_are_not_split(chunker: TokenChunker) -> None:

@@ -242,6 +242,10 @@ def test_headings_are_never_quoted() -> None:
     assert [q.text for q in best_sentences("Does the platform café sell buns?", [passage], 0.3, 3)] == [
         "The platform café sells buns."
     ]
+    path = "Station Services at Fernholt > Platform café and opening times\n\nThe platform café sells buns."
+    assert [q.text for q in best_sentences("Does the platform café at Fernholt sell buns?", [path], 0.3, 3)] == [
+        "The platform café sells buns."
+    ], "a chunk's heading path line is a heading, however many words it has"
 
 
 def test_quotes_that_lack_the_kind_of_fact_asked_for_are_not_an_answer() -> None:

@@ -31,20 +31,33 @@ def test_txt_is_loaded_verbatim(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".md", ".markdown"])
-def test_markdown_markup_is_stripped(tmp_path: Path, suffix: str) -> None:
+def test_markdown_markup_is_stripped_but_headings_and_code_fences_stay(tmp_path: Path, suffix: str) -> None:
     markdown = (
         "# Ray Serve #\n\n"
         "Read [the guide](https://example.com/guide) and **bold** *words*.\n\n"
-        "```python\nprint('hi')\n```\n\n"
-        "## Deploy\nKeep snake_case_names and `inline code`."
+        "```python\n# install first\nprint('hi')\n```\n\n"
+        "## Deploy\nKeep snake_case_names and `inline code`.\n\n---\n\nThe end."
     )
     text = load_document(_write(tmp_path / f"ray-serve{suffix}", markdown)).text
-    assert text.startswith("Ray Serve\n\n")
+    assert text.startswith("# Ray Serve\n\n"), "a heading stays a heading line, its closing #s dropped"
     assert "Read the guide and bold words." in text
-    assert "print('hi')" in text
-    assert "```" not in text and "#" not in text and "](" not in text
-    assert "Deploy" in text
-    assert "snake_case_names" in text and "inline code" in text and "`" not in text
+    assert "```python\n# install first\nprint('hi')\n```" in text, "a code block is kept whole, fences too"
+    assert "](" not in text and "**" not in text and "---" not in text
+    assert "\n## Deploy\n" in text
+    assert "snake_case_names" in text and "inline code" in text and "`inline" not in text
+
+
+def test_markdown_setext_headings_become_heading_lines(tmp_path: Path) -> None:
+    markdown = "Fares\n=====\n\nIntro.\n\nRefunds\n-------\n\nBody.\n\n- an item\n---\n\nEnd."
+    text = load_document(_write(tmp_path / "fares.md", markdown)).text
+    assert text.splitlines()[0] == "# Fares"
+    assert "\n## Refunds\n" in text
+    assert "- an item" in text and "## - an item" not in text, "a list item over a rule is not a heading"
+
+
+def test_a_hash_line_in_a_code_block_is_not_made_a_heading(tmp_path: Path) -> None:
+    text = load_document(_write(tmp_path / "code.md", "Intro.\n\n~~~\n# comment **kept**\n~~~\n")).text
+    assert "~~~\n# comment **kept**\n~~~" in text
 
 
 @pytest.mark.parametrize("suffix", [".html", ".htm"])
@@ -59,7 +72,7 @@ def test_html_drops_script_style_head_and_unescapes(tmp_path: Path, suffix: str)
     assert "Hidden title" not in text
     assert "color" not in text
     assert "not text" not in text and "var s" not in text
-    assert "Fares & tickets" in text
+    assert "# Fares & tickets" in text.splitlines(), "an <h1> becomes a heading line"
     assert "Price: €4 <per trip>" in text
     assert "one\ntwo" in text
     assert "line\nbreak" in text

@@ -2,7 +2,10 @@
 
 Only the standard library is used, so the CLI can load a corpus without any
 parsing dependency. Markup is reduced to readable text because the text is both
-embedded and quoted back to users as citations; markup noise hurts both.
+embedded and quoted back to users as citations; markup noise hurts both. Headings
+are the one piece of structure kept, as Markdown ATX lines ("## Refunds") from
+Markdown and HTML alike: the chunker splits along them and carries each chunk's
+heading path ("Tickets and fares > Refunds"), so a passage still says what it is about.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ _PARAGRAPH_TAGS = frozenset(
 # Elements that only end a line.
 _LINE_TAGS = frozenset({"br", "li", "tr", "dt", "dd", "hr", "caption", "figcaption"})
 _CELL_TAGS = frozenset({"td", "th"})
+_HEADING_TAGS = {f"h{level}": level for level in range(1, 7)}
+_EMPTY_HEADING = re.compile(r"^#{1,6}[ \t]*$", re.MULTILINE)
 _HTML_SPACE = re.compile(r"\s+")
 
 
@@ -136,6 +141,8 @@ class _TextExtractor(HTMLParser):
         elif tag == "pre":
             self._pre_depth += 1
         self._break_for(tag)
+        if tag in _HEADING_TAGS and not any(self._skip_depth.values()):
+            self._parts.append("#" * _HEADING_TAGS[tag] + " ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIPPED_TAGS and self._skip_depth.get(tag):
@@ -153,7 +160,7 @@ class _TextExtractor(HTMLParser):
         self._parts.append(data if self._pre_depth else _HTML_SPACE.sub(" ", data))
 
     def text(self) -> str:
-        return _tidy_lines("".join(self._parts))
+        return _tidy_lines(_EMPTY_HEADING.sub("", "".join(self._parts)))
 
     def _break_for(self, tag: str) -> None:
         if tag in _PARAGRAPH_TAGS:
@@ -165,7 +172,8 @@ class _TextExtractor(HTMLParser):
 
 
 def html_to_text(markup: str) -> str:
-    """Visible text of an HTML page, with block elements as line breaks."""
+    """Visible text of an HTML page, with block elements as line breaks and
+    ``<h1>``–``<h6>`` as Markdown heading lines."""
     parser = _TextExtractor()
     parser.feed(markup)
     parser.close()
@@ -174,9 +182,14 @@ def html_to_text(markup: str) -> str:
 
 # --- Markdown -----------------------------------------------------------------
 
-_FENCE_LINE = re.compile(r"^[ \t]*(```|~~~).*$", re.MULTILINE)
+# A fenced code block, opening to closing fence (or to the end of the text).
+_FENCED_BLOCK = re.compile(
+    r"^[ \t]{0,3}(?P<fence>```|~~~)[^\n]*\n(?:.*?\n)??(?:[ \t]{0,3}(?P=fence)[ \t]*$|\Z)", re.MULTILINE | re.DOTALL
+)
 _RULE_LINE = re.compile(r"^[ \t]{0,3}([-*_])([ \t]*\1){2,}[ \t]*$", re.MULTILINE)
-_HEADING_MARKS = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+_HEADING_MARKS = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+# "Title" over a line of "=" or "-" (setext): a heading only under a line of text.
+_SETEXT_HEADING = re.compile(r"^(?![ \t]*(?:[-*+>#|]|\d+[.)])[ \t])[ \t]{0,3}(\S[^\n]*?)[ \t]*\n[ \t]{0,3}(=+|-+)[ \t]*$", re.MULTILINE)
 _IMAGE_OR_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
 _STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=\S)\*(?![\w*])")
@@ -185,18 +198,34 @@ _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
 
 def markdown_to_text(markdown: str) -> str:
-    """Markdown with the cheap-to-remove markup stripped: fence lines, rules,
-    heading marks, link/image syntax (text kept), emphasis and code ticks.
-    Underscores inside identifiers such as ``snake_case`` are left alone."""
-    text = _FENCE_LINE.sub("", markdown)
+    """Markdown with the cheap-to-remove markup stripped: rules, link/image syntax
+    (text kept), emphasis and code ticks. Two kinds of structure stay for the chunker:
+    headings, as ``# Title`` lines (setext headings too), and code fences, which
+    tell a heading from a ``# comment`` in a code block. Underscores inside
+    identifiers such as ``snake_case`` are left alone."""
+    pieces, done = [], 0
+    for block in _FENCED_BLOCK.finditer(markdown):  # kept verbatim; markup is stripped outside them
+        pieces += [_strip_markup(markdown[done : block.start()]), block.group()]
+        done = block.end()
+    pieces.append(_strip_markup(markdown[done:]))
+    return _tidy_lines("".join(pieces))
+
+
+def _strip_markup(text: str) -> str:
+    text = _SETEXT_HEADING.sub(_setext_to_atx, text)
     text = _RULE_LINE.sub("", text)
-    text = _HEADING_MARKS.sub(r"\1", text)
+    text = _HEADING_MARKS.sub(r"\1 \2", text)
+    text = _EMPTY_HEADING.sub("", text)
     text = _IMAGE_OR_LINK.sub(r"\1", text)
     text = _STRONG.sub(r"\2", text)
     text = _EMPHASIS.sub(r"\1", text)
     text = _UNDERSCORE_EMPHASIS.sub(r"\1", text)
-    text = _INLINE_CODE.sub(r"\1", text)
-    return _tidy_lines(text)
+    return _INLINE_CODE.sub(r"\1", text)
+
+
+def _setext_to_atx(match: re.Match[str]) -> str:
+    level = "#" if match.group(2).startswith("=") else "##"
+    return f"{level} {match.group(1)}"
 
 
 # --- shared -------------------------------------------------------------------

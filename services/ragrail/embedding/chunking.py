@@ -12,7 +12,9 @@ the capacity; plain text falls back to paragraphs and sentences. What the splitt
 not do is carry context: each chunk gets the path of the headings it sits under
 ("Tickets and fares > Refunds") as its first line, so a chunk from the middle of a
 section still says what it is about, to the embedding and to the generator. Room for
-that line is reserved in the capacity.
+that line is reserved in the capacity. A heading a chunk opens with joins that path
+rather than repeat in the body; one further down stays as a line of its title, without
+its ``#`` marks, since the body is what citations quote.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class TokenChunker:
                 for at, part in _at_most(start + offset, piece, max_chars):
                     if _only_headings(part):
                         continue  # a heading alone says nothing; the chunks below carry it in their path
-                    chunks.append(self._with_heading(part, _path_at(headings, at, part), at, capacity))
+                    path, body = _section_of(headings, at, part)
+                    chunks.append(self._with_heading(body, path, at, capacity))
         return chunks
 
     def _splitter(self, capacity: int, overlap: int) -> Any:
@@ -119,7 +122,7 @@ class TokenChunker:
             tokens = self.count(text)
             if tokens <= capacity:
                 return Chunk(text, heading, tokens, start)
-        return Chunk(body, "", self.count(body), start)
+        return Chunk(body, "", self.count(body), start)  # unreachable while the reserve holds the last heading
 
 
 def _segments(text: str, size: int) -> list[tuple[int, str]]:
@@ -159,15 +162,29 @@ def _only_headings(piece: str) -> bool:
     return all(_HEADING.fullmatch(line.strip()) for line in piece.splitlines() if line.strip())
 
 
-def _path_at(headings: list[_Heading], start: int, body: str) -> list[str]:
-    """Titles of the sections enclosing ``start``; a chunk that opens with its own heading
-    gets only that heading's ancestors (it already shows the heading itself)."""
+def _section_of(headings: list[_Heading], start: int, piece: str) -> tuple[list[str], str]:
+    """The heading path of a chunk starting at ``start`` and its body as plain text.
+
+    Headings the piece opens with join the path rather than repeat in the body, and a
+    heading further down the body stays as a line of plain title text."""
     stack: list[_Heading] = []
     for heading in headings:
         if heading.offset >= start:
             break
         stack = [h for h in stack if h.level < heading.level] + [heading]
-    opening = _HEADING.match(body)
-    if opening:
-        stack = [h for h in stack if h.level < len(opening.group(1))]
-    return [h.title for h in stack]
+    path = [h.title for h in stack]
+    body = piece.lstrip()
+    while opening := _HEADING.match(body):
+        level = len(opening.group(1))
+        path = [h.title for h in stack if h.level < level] + [opening.group(2).strip()]
+        stack = [h for h in stack if h.level < level] + [_Heading(start, level, path[-1])]
+        body = body[opening.end() :].lstrip()
+    return path, _plain_headings(body)
+
+
+def _plain_headings(body: str) -> str:
+    """``## Growth`` lines as ``Growth`` (outside code fences): a title, not markup."""
+    fences = [m.start() for m in re.finditer(r"^```", body, re.MULTILINE)]
+    return _HEADING.sub(
+        lambda m: m.group(0) if bisect.bisect_right(fences, m.start()) % 2 else m.group(2).strip(), body
+    )

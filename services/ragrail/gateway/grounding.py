@@ -442,9 +442,12 @@ def question_parts(question: str) -> list[str]:
 
 
 def _is_heading(sentence: str) -> bool:
-    """A heading carried into a chunk ("Coastal Line (green)", "# Refunds"): short, no full stop."""
+    """A heading carried into a chunk ("Coastal Line (green)", "# Refunds") or its heading
+    path line ("Network and Stations > Valley Line (blue)"): no full stop, and short or a path."""
     stripped = sentence.strip()
-    return stripped.startswith("#") or (not re.search(r"[.!?:;]$", stripped) and len(_WORD.findall(stripped)) < 6)
+    if stripped.startswith("#"):
+        return True
+    return not re.search(r"[.!?:;]$", stripped) and (" > " in stripped or len(_WORD.findall(stripped)) < 6)
 
 
 # A table's rule row ("|---|---|"), under its header row.
