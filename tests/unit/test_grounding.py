@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ragrail.gateway.grounding import (
+    asked_form,
     RRF_K,
     Meaning,
     SentenceGate,
@@ -274,6 +275,17 @@ def test_meaning_from_vectors_is_the_cosine_of_part_and_sentence() -> None:
     assert meaning.of("q", "a") == 0.6 and meaning.of("q", "b") == 0.0 and meaning.of("q", "c") == 0.0
     with pytest.raises(ValueError, match="3 vectors for 1 parts and 1 sentences"):
         Meaning.from_vectors(["q"], ["a"], [[1.0], [1.0], [1.0]], 0.35)
+
+
+@pytest.mark.parametrize("part,asked", [
+    ("Who is the present managing director of Northwind Rail?", "Who is the present managing director of?"),
+    ("How long does it take to ride up from Fernholt to Lake Varn?", "How long does it take to ride up from to?"),
+    ("Whose idea was it to set up the firm?", "Whose idea was it to set up the firm?"),  # no name: as it is
+    ("Who is Margit Halvorsen?", "Who is Margit Halvorsen?"),  # nothing but a name would be left
+    ("how long does that journey take? (Fernholt, Lake Varn)", "how long does that journey take? (Fernholt, Lake Varn)"),
+])
+def test_a_part_is_embedded_without_its_names(part: str, asked: str) -> None:
+    assert asked_form(part) == asked
 
 
 def test_candidate_sentences_skip_duplicates_fragments_and_headings() -> None:

@@ -32,6 +32,7 @@ from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passa
 from ragrail.gateway.cache import TtlCache, normalise
 from ragrail.gateway.grounding import (
     Meaning,
+    asked_form,
     SentenceGate,
     candidate_sentences,
     check_answer,
@@ -392,7 +393,8 @@ class Pipeline:
         limits = StageSpec(timeout_s=stage.embed_timeout_s, retries=0)
         try:
             vectors = await self._call(
-                ctx, stage.label, "embedding", limits, lambda t: self.backends.embedding.embed([*parts, *sentences], t)
+                ctx, stage.label, "embedding", limits,
+                lambda t: self.backends.embedding.embed([*map(asked_form, parts), *sentences], t),
             )
         except (StageFailure, RagrailError) as exc:
             log.warning("%s ranks sentences by words only: the Embed call failed: %s", stage.label, exc)
