@@ -248,8 +248,9 @@ class GroundStage(_Stage):
     sentence_ranking: Literal["lexical", "hybrid"] = Field(
         "lexical", description="how the passages' sentences are matched to the question, for the quotes and for focus "
         "and answer_type: lexical (the question's words, no model call) or hybrid (words and meaning: one Embed call "
-        "for the question and the passages' sentences, made while the answer is generated, the two orders fused by "
-        "reciprocal rank; a question in other words than the passage finds its sentence). If that call fails, lexical"
+        "for the question's parts, each without its names, and the passages' sentences, made while the answer is "
+        "generated, the two orders fused by reciprocal rank; a question in other words than the passage finds its "
+        "sentence). If that call fails, lexical"
     )
     min_sentence_similarity: float = Field(
         0.35, ge=-1, le=1, description="hybrid: a sentence at least this close in meaning to the question (cosine) "
