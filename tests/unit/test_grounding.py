@@ -270,11 +270,17 @@ def _meaning(scores: dict[str, float], question: str = PARAPHRASE, floor: float 
     return Meaning({(question, s): v for s, v in scores.items()}, floor)
 
 
-def test_meaning_from_vectors_is_the_cosine_of_part_and_sentence() -> None:
-    meaning = Meaning.from_vectors(["q"], ["a", "b"], [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], 0.35)
-    assert meaning.of("q", "a") == 0.6 and meaning.of("q", "b") == 0.0 and meaning.of("q", "c") == 0.0
-    with pytest.raises(ValueError, match="3 vectors for 1 parts and 1 sentences"):
-        Meaning.from_vectors(["q"], ["a"], [[1.0], [1.0], [1.0]], 0.35)
+def test_meaning_from_vectors_ranks_by_the_asked_form_and_takes_only_what_is_close_in_both() -> None:
+    # Vectors of: the part whole, the part without its names, then sentences a, b, c.
+    vectors = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]
+    meaning = Meaning.from_vectors(["q"], ["a", "b", "c"], vectors, 0.35)
+    assert (meaning.of("q", "a"), meaning.of("q", "b"), meaning.of("q", "c"), meaning.of("q", "d")) == (0.8, 1.0, 0.0, 0.0)
+    assert meaning.close("q", "a"), "close to what is asked and to the whole question"
+    assert not meaning.close("q", "b"), "answers what is asked, about something else than was named"
+    assert not meaning.close("q", "c"), "shares the names only"
+    with pytest.raises(ValueError, match="4 vectors for 1 parts and 1 sentences"):
+        Meaning.from_vectors(["q"], ["a"], [[1.0]] * 4, 0.35)
+    assert Meaning.texts(["Who runs Fernholt café?"], ["s"]) == ["Who runs Fernholt café?", "Who runs café?", "s"]
 
 
 @pytest.mark.parametrize("part,asked", [

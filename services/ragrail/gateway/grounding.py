@@ -82,31 +82,51 @@ _STOP = frozenset(
 @dataclass(frozen=True)
 class Meaning:
     """How close in meaning each passage sentence is to each part of the question: cosine
-    similarities of the embedding model's unit vectors. A sentence below ``min_similarity``
-    is not taken on meaning alone (it may still share the question's words)."""
+    similarities of the embedding model's unit vectors.
 
-    similarity: Mapping[tuple[str, str], float]  # (question part, sentence) -> cosine
+    Two readings of a part. ``similarity`` is of what it asks, without its names
+    (``asked_form``), and ranks the sentences: the model's cosine is led by shared names, and
+    the names are matched by words already. ``topical`` is of the whole part, names included:
+    a sentence is taken on meaning alone only when it is at least ``min_similarity`` close in
+    both, so that it answers what is asked (not "Northwind Rail is a regional railway
+    operator" to "Who is the managing director of Northwind Rail?") about what was named (not
+    the trains' times to "At what times does the ferry to the Skerrow Islands leave?")."""
+
+    similarity: Mapping[tuple[str, str], float]  # (question part, sentence) -> cosine of the asked form
     min_similarity: float
+    topical: Mapping[tuple[str, str], float] | None = None  # ... of the whole part; None: as similarity
 
     def of(self, part: str, sentence: str) -> float:
         return self.similarity.get((part, sentence), 0.0)
+
+    def close(self, part: str, sentence: str) -> bool:
+        """Whether ``sentence`` may be taken on meaning alone for ``part``."""
+        topical = self.topical if self.topical is not None else self.similarity
+        return min(self.of(part, sentence), topical.get((part, sentence), 0.0)) >= self.min_similarity
+
+    @staticmethod
+    def texts(parts: Sequence[str], sentences: Sequence[str]) -> list[str]:
+        """What to embed, in the order ``from_vectors`` reads: the parts, their asked forms, the sentences."""
+        return [*parts, *map(asked_form, parts), *sentences]
 
     @classmethod
     def from_vectors(
         cls, parts: Sequence[str], sentences: Sequence[str], vectors: Sequence[Sequence[float]], min_similarity: float
     ) -> Meaning:
-        """From the vectors of ``parts`` then ``sentences``, in that order (unit length)."""
-        if len(vectors) != len(parts) + len(sentences):
+        """From the vectors of ``Meaning.texts(parts, sentences)`` (unit length)."""
+        if len(vectors) != 2 * len(parts) + len(sentences):
             raise ValueError(f"{len(vectors)} vectors for {len(parts)} parts and {len(sentences)} sentences")
-        part_vectors, sentence_vectors = vectors[: len(parts)], vectors[len(parts) :]
-        return cls(
-            {
+        n = len(parts)
+        whole, asked, sentence_vectors = vectors[:n], vectors[n : 2 * n], vectors[2 * n :]
+
+        def cosines(part_vectors: Sequence[Sequence[float]]) -> dict[tuple[str, str], float]:
+            return {
                 (part, sentence): sum(a * b for a, b in zip(pv, sv, strict=True))
                 for part, pv in zip(parts, part_vectors, strict=True)
                 for sentence, sv in zip(sentences, sentence_vectors, strict=True)
-            },
-            min_similarity,
-        )
+            }
+
+        return cls(cosines(asked), min_similarity, cosines(whole))
 
 
 # Reciprocal-rank fusion's constant, as in hybrid retrieval and the rerank stage.
@@ -297,7 +317,7 @@ def focus_sentences(question: str, passages: Sequence[str], count: int, meaning:
         if not by_words and meaning is not None:
             by_words = [
                 Quote(s, 0, meaning.of(part, s))
-                for s in candidate_sentences(passages) if meaning.of(part, s) >= meaning.min_similarity
+                for s in candidate_sentences(passages) if meaning.close(part, s)
             ]
         ranked += by_words
     return list(dict.fromkeys(q.text for q in sorted(ranked, key=lambda q: -q.score)))[:count]
@@ -491,8 +511,7 @@ def _scored_sentences(
     sentence that holds the kind of fact the question asks for (a figure, a name) and the
     question does not already give ranks a quarter higher.
 
-    With ``meaning``, a sentence at least ``meaning.min_similarity`` close to the question
-    qualifies too, and the order is the reciprocal-rank fusion of the order by words and the
+    With ``meaning``, a sentence close to the question (``Meaning.close``) qualifies too, and the order is the reciprocal-rank fusion of the order by words and the
     order by meaning (the score is then the fused one, not a share of words)."""
     own_words, carried_names = _carried(question)
     wanted = content_words(own_words)
@@ -530,7 +549,7 @@ def _scored_sentences(
             context_hits = len(borrowed) + len(carried & words)
             coverage = (len(own) + 0.5 * context_hits) / len(wanted) if wanted else 0.0
             similarity = meaning.of(question, sentence) if meaning is not None else 0.0
-            if coverage < min_score and (meaning is None or similarity < meaning.min_similarity):
+            if coverage < min_score and (meaning is None or not meaning.close(question, sentence)):
                 continue
             holds_answer = bool(kinds) and bool(new_terms(sentence, kinds, question)) and (
                 not counted or _counts(sentence, counted)

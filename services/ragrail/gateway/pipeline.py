@@ -32,7 +32,6 @@ from ragrail.gateway.backends import Backends, ChatTurn, GenerationParams, Passa
 from ragrail.gateway.cache import TtlCache, normalise
 from ragrail.gateway.grounding import (
     Meaning,
-    asked_form,
     SentenceGate,
     candidate_sentences,
     check_answer,
@@ -63,8 +62,8 @@ log = logging.getLogger(__name__)
 # right: longer than a card or phone number, so one cut at an edge is seen whole before
 # any of it is released.
 STREAM_HOLD_CHARS = 40
-# Texts in a hybrid ground stage's one Embed call (question parts, then sentences): the embedding
-# service's default batch bound. Sentences past it are ranked by their words alone.
+# Texts in a hybrid ground stage's one Embed call (question parts, with and without their names,
+# then sentences): the embedding service's default batch bound. Sentences past it are ranked by their words alone.
 MEANING_MAX_TEXTS = 64
 
 
@@ -389,12 +388,16 @@ class Pipeline:
         """The sentences' similarity to the question, or None (lexical ranking) when the Embed
         call fails: grounding still holds, only paraphrases lose their quotes."""
         parts = question_parts(ctx.query)
-        sentences = candidate_sentences([p.text for p in ctx.passages])[: MEANING_MAX_TEXTS - len(parts)]
+        room = MEANING_MAX_TEXTS - 2 * len(parts)  # each part is embedded twice (Meaning.texts)
+        if room <= 0:
+            log.info("%s ranks sentences by words only: the question has %d parts", stage.label, len(parts))
+            return None
+        sentences = candidate_sentences([p.text for p in ctx.passages])[:room]
         limits = StageSpec(timeout_s=stage.embed_timeout_s, retries=0)
         try:
             vectors = await self._call(
                 ctx, stage.label, "embedding", limits,
-                lambda t: self.backends.embedding.embed([*map(asked_form, parts), *sentences], t),
+                lambda t: self.backends.embedding.embed(Meaning.texts(parts, sentences), t),
             )
         except (StageFailure, RagrailError) as exc:
             log.warning("%s ranks sentences by words only: the Embed call failed: %s", stage.label, exc)
