@@ -253,8 +253,8 @@ class GroundStage(_Stage):
         "sentence). If that call fails, lexical"
     )
     min_sentence_similarity: float = Field(
-        0.35, ge=-1, le=1, description="hybrid: a sentence at least this close in meaning to the question (cosine) "
-        "may be quoted even when it shares too few of its words"
+        0.35, ge=-1, le=1, description="hybrid: a sentence at least this close in meaning (cosine) to the question, "
+        "both whole and without its names, may be quoted even when it shares too few of its words"
     )
     embed_timeout_s: float = Field(5.0, gt=0, le=60, description="hybrid: timeout of the Embed call")
 
