@@ -525,6 +525,7 @@ class Pipeline:
         pending = ""  # generated, not yet checked by output moderation
         moderated = ""  # passed output moderation (released, or held by the ground gate)
         gate = SentenceGate() if grounds else None
+        edges = _StreamEdges()
         failure: tuple[GroundStage, list[str]] | None = None
         stream = self.runner.stream(
             stage.label, self.backends.names["generation"],
@@ -551,6 +552,7 @@ class Pipeline:
                 if gate is not None:
                     await self._await_meaning(ctx)  # the first sentence's check waits for it, once
                     item, failure = self._grounded_sentences(gate, grounds, ctx, item)
+                item = edges.release(item)
                 if item:
                     ctx.released += item
                     yield item
@@ -574,6 +576,7 @@ class Pipeline:
             for check in checks:  # quotes are released text too
                 await self._check(ctx, check, [ctx.answer])
             return
+        pending = edges.release(pending)
         if pending:
             ctx.released += pending
             yield pending
@@ -590,6 +593,25 @@ class Pipeline:
                 return out, failing[0]
             out += sentence
         return out, None
+
+
+class _StreamEdges:
+    """What a stream may send so that its pieces join up to the answer, which is stripped:
+    no leading whitespace, and trailing whitespace held back until text follows it (a
+    stream can end on a space, cut at the token limit)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.held = ""
+
+    def release(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        text = self.held + text
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        return body
 
 
 EXECUTORS: dict[type, Callable[[Pipeline, Any, RunContext], Awaitable[None]]] = {
