@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,13 +150,16 @@ def _at_most(start: int, piece: str, max_chars: int) -> list[tuple[int, str]]:
 
 def _headings(text: str) -> list[_Heading]:
     """Markdown ATX headings (``# Title``) outside fenced code blocks, in order."""
+    in_code = _code_test(text)
+    return [
+        _Heading(m.start(), len(m.group(1)), m.group(2).strip()) for m in _HEADING.finditer(text) if not in_code(m.start())
+    ]
+
+
+def _code_test(text: str) -> Callable[[int], bool]:
+    """Whether an offset of ``text`` lies inside a fenced code block (```` ``` ```` lines pair up)."""
     fences = [m.start() for m in re.finditer(r"^```", text, re.MULTILINE)]
-    out = []
-    for match in _HEADING.finditer(text):
-        inside_fence = bisect.bisect_right(fences, match.start()) % 2 == 1
-        if not inside_fence:
-            out.append(_Heading(match.start(), len(match.group(1)), match.group(2).strip()))
-    return out
+    return lambda offset: bisect.bisect_right(fences, offset) % 2 == 1
 
 
 def _only_headings(piece: str) -> bool:
@@ -172,19 +176,15 @@ def _section_of(headings: list[_Heading], start: int, piece: str) -> tuple[list[
         if heading.offset >= start:
             break
         stack = [h for h in stack if h.level < heading.level] + [heading]
-    path = [h.title for h in stack]
     body = piece.lstrip()
     while opening := _HEADING.match(body):
         level = len(opening.group(1))
-        path = [h.title for h in stack if h.level < level] + [opening.group(2).strip()]
-        stack = [h for h in stack if h.level < level] + [_Heading(start, level, path[-1])]
+        stack = [h for h in stack if h.level < level] + [_Heading(start, level, opening.group(2).strip())]
         body = body[opening.end() :].lstrip()
-    return path, _plain_headings(body)
+    return [h.title for h in stack], _plain_headings(body)
 
 
 def _plain_headings(body: str) -> str:
     """``## Growth`` lines as ``Growth`` (outside code fences): a title, not markup."""
-    fences = [m.start() for m in re.finditer(r"^```", body, re.MULTILINE)]
-    return _HEADING.sub(
-        lambda m: m.group(0) if bisect.bisect_right(fences, m.start()) % 2 else m.group(2).strip(), body
-    )
+    in_code = _code_test(body)
+    return _HEADING.sub(lambda m: m.group(0) if in_code(m.start()) else m.group(2).strip(), body)
