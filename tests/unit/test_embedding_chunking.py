@@ -125,6 +125,13 @@ def test_a_heading_in_a_code_block_is_not_a_heading(chunker: TokenChunker) -> No
     assert all("not a heading" not in c.heading for c in chunker.split(text, max_tokens=64, overlap_tokens=0))
 
 
+def test_a_heading_in_a_tilde_code_block_is_not_a_heading(chunker: TokenChunker) -> None:
+    text = "# Guide\n\n~~~\n```\n# not a heading\n~~~\n\n## Refunds\n\n" + "Body text about refunds. " * 80
+    chunks = chunker.split(text, max_tokens=64, overlap_tokens=0)
+    assert all("not a heading" not in c.heading for c in chunks)
+    assert chunks[-1].heading == "Guide > Refunds", "a ``` inside a ~~~ block does not keep the block open"
+
+
 @pytest.mark.parametrize(("max_tokens", "overlap"), [(4, 0), (64, 64), (64, 500)])
 def test_sizes_that_cannot_work_are_refused(chunker: TokenChunker, max_tokens: int, overlap: int) -> None:
     with pytest.raises(InvalidArgument):

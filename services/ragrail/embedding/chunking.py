@@ -28,6 +28,7 @@ from typing import Any
 from ragrail.common.errors import require
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)", re.MULTILINE)
 _SEPARATOR = " > "
 _HEADING_BUDGET = 48  # most tokens a heading path may take; longer paths keep their last heading
 # The splitter's time grows faster than linearly with a text's length (measured: 30k CJK
@@ -157,8 +158,14 @@ def _headings(text: str) -> list[_Heading]:
 
 
 def _code_test(text: str) -> Callable[[int], bool]:
-    """Whether an offset of ``text`` lies inside a fenced code block (```` ``` ```` lines pair up)."""
-    fences = [m.start() for m in re.finditer(r"^```", text, re.MULTILINE)]
+    """Whether an offset of ``text`` lies inside a fenced code block: a ```` ``` ```` or ``~~~``
+    line opens one, the next line with the same fence closes it (the loader keeps both)."""
+    fences: list[int] = []  # offsets where a block opens, closes, opens, ...
+    opener = ""
+    for m in _FENCE.finditer(text):
+        if not opener or m.group(1) == opener:
+            opener = "" if opener else m.group(1)
+            fences.append(m.start())
     return lambda offset: bisect.bisect_right(fences, offset) % 2 == 1
 
 
