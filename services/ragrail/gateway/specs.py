@@ -248,7 +248,7 @@ class GroundStage(_Stage):
     sentence_ranking: Literal["lexical", "hybrid"] = Field(
         "lexical", description="how the passages' sentences are matched to the question, for the quotes and for focus "
         "and answer_type: lexical (the question's words, no model call) or hybrid (words and meaning: one Embed call "
-        "for the question's parts, each without its names, and the passages' sentences, made while the answer is "
+        "for the question's parts, each whole and without its names, and the passages' sentences, made while the answer is "
         "generated, the two orders fused by reciprocal rank; a question in other words than the passage finds its "
         "sentence). If that call fails, lexical"
     )
